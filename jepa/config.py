@@ -1,0 +1,482 @@
+"""One typed, validated configuration for every entry point.
+
+`JEPAConfig` is the single schema behind the Python API, the CLI, the DVC stages
+(`params.yaml`) and the Prefect flows. It keeps the seed document's flat field
+names. Where the seed and the official I-JEPA configs disagree, the default follows
+the official code and the seed's value stays one assignment away:
+
+==================  =====================  ==========================
+field               default (official)     seed's variant
+==================  =====================  ==========================
+enc_mask_scale      (0.85, 1.0)            (0.15, 0.2)
+loss                "smooth_l1"            "l2"
+ema_schedule        "linear"               "cosine"
+==================  =====================  ==========================
+
+Derived quantities (steps per epoch, total steps, the effective architecture) are
+computed by functions here and recorded in run outputs; they are never written back
+into the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Official I-JEPA encoder widths/depths/heads (timm naming).
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+    "vit_large": (1024, 24, 16),
+    "vit_huge": (1280, 32, 16),
+    "vit_giant": (1408, 40, 16),
+}
+
+DATASETS = ("fashion_mnist", "cifar10", "imagefolder", "imagenet1k", "imagenet")
+MASK_STRATEGIES = ("multiblock", "random")
+LOSSES = ("smooth_l1", "l2")
+EMA_SCHEDULES = ("linear", "cosine")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+PROBE_BACKENDS = ("sklearn", "torch")
+CORRUPT_POLICIES = ("skip", "raise")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+@dataclass
+class JEPAConfig:
+    """Flat I-JEPA configuration (seed names and defaults, official-code defaults where they differ)."""
+
+    # ---- data -----------------------------------------------------------------
+    dataset: str = "imagenet1k"
+    root_path: str | None = None  # None: the dataset's default location
+    image_folder: str = "train"
+    download: bool = False
+    subset: int | None = None  # use only the first N training images (ablations, CPU runs)
+    corrupt_images: str = "skip"  # skip unreadable images (counted, warned) or raise
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop scale, official value
+    num_workers: int = 4
+
+    # ---- encoder --------------------------------------------------------------
+    model: str = "vit_base"  # a name in MODEL_SIZES, or "custom"
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.0
+    gradient_checkpointing: bool = False
+
+    # ---- predictor ------------------------------------------------------------
+    pred_embed_dim: int = 384
+    pred_depth: int = 6
+    pred_num_heads: int = 12
+
+    # ---- masking --------------------------------------------------------------
+    mask_strategy: str = "multiblock"
+    mask_ratio: float = 0.75  # random masking only
+    num_enc_masks: int = 1
+    enc_mask_scale: tuple[float, float] = (0.85, 1.0)
+    num_pred_masks: int = 4
+    pred_mask_scale: tuple[float, float] = (0.15, 0.2)
+    aspect_ratio: tuple[float, float] = (0.75, 1.5)
+    min_keep: int = 10
+    allow_overlap: bool = False
+
+    # ---- optimisation ---------------------------------------------------------
+    batch_size: int = 64  # global batch per optimizer micro-step, split across ranks
+    epochs: int = 100
+    lr: float = 1.5e-4
+    start_lr: float = 0.0
+    min_lr: float = 1e-6
+    warmup_epochs: float = 40
+    weight_decay: float = 0.05
+    final_weight_decay: float | None = None  # None: constant weight decay (seed)
+    clip_grad: float | None = 1.0  # None or 0: no clipping
+    accum_iter: int = 1
+    ema: tuple[float, float] = (0.996, 1.0)
+    ema_schedule: str = "linear"
+    loss: str = "smooth_l1"
+    max_steps: int | None = None  # stop early after this many optimizer steps
+
+    # ---- runtime --------------------------------------------------------------
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: str = "auto"  # auto: bf16 on CUDA, none on CPU
+    compile: bool = False
+    output_dir: str = "./output"
+    checkpoint_every: int = 200  # optimizer steps between checkpoints (and at each epoch end)
+    checkpoint_uri: str | None = None  # s3://bucket/prefix to mirror the latest checkpoint
+    resume: bool = True
+    log_every: int = 10
+    diagnostics_every: int = 100
+    progress: bool = True
+
+    # ---- evaluation -----------------------------------------------------------
+    eval: bool = False
+    read_checkpoint: str | None = None
+    probe_backend: str = "sklearn"
+    probe_last_blocks: int = 1  # 1: pooled final tokens; 4: concat of the last 4 blocks
+    probe_subset: int | None = None  # cap train images used by the probe
+    knn_k: int = 20
+    eval_batch_size: int = 256
+
+    # -------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _FIELD_TYPES:
+            raise ConfigError(
+                f"JEPAConfig has no field {name!r}; known fields: {', '.join(sorted(_FIELD_TYPES))}"
+            )
+        object.__setattr__(self, name, _coerce(name, value))
+        if name == "model" and value in MODEL_SIZES and "num_heads" in self.__dict__:
+            self._apply_model_sizes(value)  # cfg.model = "vit_small" resizes the encoder
+
+    def __post_init__(self) -> None:
+        # JEPAConfig(model="vit_small") with the sizes left at their defaults takes the
+        # preset's sizes; sizes given explicitly are checked against it by validate().
+        defaults = (768, 12, 12)
+        if self.model in MODEL_SIZES and (self.embed_dim, self.depth, self.num_heads) == defaults:
+            self._apply_model_sizes(self.model)
+        self.validate()
+
+    def _apply_model_sizes(self, name: str) -> None:
+        for key, size in zip(("embed_dim", "depth", "num_heads"), MODEL_SIZES[name], strict=True):
+            object.__setattr__(self, key, size)
+
+    # ---- construction -------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, strict: bool = True) -> JEPAConfig:
+        """Build from a flat mapping. A `model` preset fills the encoder sizes it names
+        unless they are given too. Unknown keys raise `ConfigError` when `strict`."""
+        values = dict(values)
+        unknown = sorted(set(values) - set(_FIELD_TYPES))
+        if unknown and strict:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(map(repr, unknown))}; "
+                f"see `jepa train --help` for the known keys"
+            )
+        for key in unknown:
+            values.pop(key)
+        name = values.get("model")
+        if name in MODEL_SIZES:
+            for key, size in zip(("embed_dim", "depth", "num_heads"), MODEL_SIZES[name], strict=True):
+                values.setdefault(key, size)
+        cfg = cls.__new__(cls)
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            object.__setattr__(cfg, f.name, _coerce(f.name, values.get(f.name, default)))
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> JEPAConfig:
+        """Load a flat YAML mapping (e.g. the committed `params.yaml`)."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: expected a mapping of config keys, got {type(data).__name__}"
+            )
+        return cls.from_dict(data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> JEPAConfig:
+        """A named configuration (see `PRESETS`) with optional overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    def replace(self, **overrides: Any) -> JEPAConfig:
+        """A copy with some fields changed (a `model` preset refills the encoder sizes)."""
+        values = self.to_dict()
+        if "model" in overrides and overrides["model"] in MODEL_SIZES:
+            for key in ("embed_dim", "depth", "num_heads"):
+                values.pop(key)
+        values.update(overrides)
+        return JEPAConfig.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-friendly values (tuples become lists)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+        }
+
+    # ---- validation ---------------------------------------------------------
+    def validate(self) -> JEPAConfig:
+        """Check ranges and cross-field rules; raise `ConfigError` naming the field."""
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("mask_strategy", self.mask_strategy, MASK_STRATEGIES)
+        _choice("loss", self.loss, LOSSES)
+        _choice("ema_schedule", self.ema_schedule, EMA_SCHEDULES)
+        _choice("amp", self.amp, AMP_MODES)
+        _choice("probe_backend", self.probe_backend, PROBE_BACKENDS)
+        _choice("corrupt_images", self.corrupt_images, CORRUPT_POLICIES)
+        if self.model != "custom":
+            _choice("model", self.model, (*MODEL_SIZES, "custom"))
+            want = MODEL_SIZES[self.model]
+            have = (self.embed_dim, self.depth, self.num_heads)
+            if have != want:
+                raise ConfigError(
+                    f"model={self.model!r} means embed_dim/depth/num_heads={want}, but the config "
+                    f"has {have}; set model='custom' to use your own sizes"
+                )
+        for name in (
+            "image_size",
+            "patch_size",
+            "in_chans",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "pred_embed_dim",
+            "pred_depth",
+            "pred_num_heads",
+            "batch_size",
+            "epochs",
+            "accum_iter",
+            "num_enc_masks",
+            "num_pred_masks",
+            "min_keep",
+            "knn_k",
+            "eval_batch_size",
+            "log_every",
+            "diagnostics_every",
+            "checkpoint_every",
+            "probe_last_blocks",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.pred_embed_dim % self.pred_num_heads:
+            raise ConfigError(
+                f"pred_embed_dim={self.pred_embed_dim} is not divisible by "
+                f"pred_num_heads={self.pred_num_heads}"
+            )
+        if self.probe_last_blocks > self.depth:
+            raise ConfigError(
+                f"probe_last_blocks={self.probe_last_blocks} exceeds depth={self.depth}"
+            )
+        for name in ("enc_mask_scale", "pred_mask_scale", "crop_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ConfigError(f"{name} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
+        lo, hi = self.aspect_ratio
+        if not 0 < lo <= hi:
+            raise ConfigError(f"aspect_ratio must satisfy 0 < min <= max, got {(lo, hi)}")
+        lo, hi = self.ema
+        if not 0 <= lo <= hi <= 1:
+            raise ConfigError(f"ema must satisfy 0 <= start <= end <= 1, got {(lo, hi)}")
+        if not 0 < self.mask_ratio < 1:
+            raise ConfigError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.lr <= 0 or self.min_lr < 0 or self.start_lr < 0:
+            raise ConfigError(f"lr must be > 0 and start_lr, min_lr >= 0 (lr={self.lr})")
+        if self.warmup_epochs < 0 or self.weight_decay < 0 or self.drop_path_rate < 0:
+            raise ConfigError("warmup_epochs, weight_decay and drop_path_rate must be >= 0")
+        for name in ("subset", "max_steps", "probe_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
+        if self.checkpoint_uri is not None and not self.checkpoint_uri.startswith("s3://"):
+            raise ConfigError(f"checkpoint_uri must start with s3://, got {self.checkpoint_uri!r}")
+        return self
+
+    # ---- derived values (computed, never stored) ------------------------------
+    @property
+    def dataset_name(self) -> str:
+        """Canonical dataset name (`imagenet` is an alias of `imagenet1k`)."""
+        return "imagenet1k" if self.dataset == "imagenet" else self.dataset
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    def training_hash(self) -> str:
+        """Hash of the fields that define a training run's trajectory.
+
+        Runtime-only fields (logging, workers, evaluation, paths) are left out, so a
+        checkpoint is resumable after those change but never after, say, `lr` does.
+        """
+        return hashlib.sha256(
+            json.dumps(self.training_fields(), sort_keys=True).encode()
+        ).hexdigest()[:16]
+
+    def training_fields(self) -> dict[str, Any]:
+        """The subset of fields that `training_hash` covers."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+# Fields that may change between a run and its resumption.
+RUNTIME_FIELDS = frozenset(
+    {
+        "root_path",
+        "image_folder",
+        "download",
+        "corrupt_images",
+        "num_workers",
+        "device",
+        "compile",
+        "output_dir",
+        "checkpoint_every",
+        "checkpoint_uri",
+        "resume",
+        "log_every",
+        "diagnostics_every",
+        "progress",
+        "eval",
+        "read_checkpoint",
+        "probe_backend",
+        "probe_last_blocks",
+        "probe_subset",
+        "knn_k",
+        "eval_batch_size",
+        "max_steps",
+        "gradient_checkpointing",
+    }
+)
+
+_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(JEPAConfig)
+
+
+def _choice(name: str, value: str, allowed: typing.Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check `value` against the annotated type of `name`; convert lossless cases."""
+    hint = _FIELD_TYPES[name]
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be null")
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ConfigError(f"{name} must be a pair [min, max], got {value!r}")
+        return tuple(_scalar(name, float, v) for v in value)
+    return _scalar(name, hint, value)
+
+
+def _scalar(name: str, kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{name} expects {kind.__name__}, got {value!r} ({type(value).__name__})")
+
+
+# Named configurations. `fmnist-tiny` is the embedded CPU default; `seed-vitb16` is the
+# seed document's ViT-B/16 recipe; `in1k-vith14-ep300` the official ImageNet ViT-H/14 one.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fmnist-tiny": dict(
+        dataset="fashion_mnist",
+        image_size=28,
+        patch_size=4,
+        in_chans=1,
+        model="custom",
+        embed_dim=192,
+        depth=6,
+        num_heads=3,
+        pred_embed_dim=96,
+        pred_depth=4,
+        pred_num_heads=3,
+        batch_size=128,
+        min_keep=4,
+        epochs=10,
+        warmup_epochs=1,
+        lr=1e-3,
+        start_lr=2e-4,
+        min_lr=1e-6,
+        weight_decay=0.04,
+        final_weight_decay=0.4,
+        clip_grad=None,
+        crop_scale=(0.5, 1.0),
+        num_workers=2,
+        checkpoint_every=100,
+        diagnostics_every=50,
+        eval_batch_size=512,
+    ),
+    "seed-vitb16": dict(
+        dataset="imagenet1k",
+        image_size=224,
+        patch_size=16,
+        model="vit_base",
+        batch_size=64,
+        lr=1.5e-4,
+        min_lr=1e-6,
+        warmup_epochs=40,
+        weight_decay=0.05,
+        clip_grad=1.0,
+        epochs=100,
+    ),
+    "in1k-vith14-ep300": dict(
+        dataset="imagenet1k",
+        image_size=224,
+        patch_size=14,
+        model="vit_huge",
+        pred_embed_dim=384,
+        pred_depth=12,
+        pred_num_heads=16,
+        batch_size=2048,
+        epochs=300,
+        lr=1e-3,
+        start_lr=2e-4,
+        min_lr=1e-6,
+        warmup_epochs=40,
+        weight_decay=0.04,
+        final_weight_decay=0.4,
+        clip_grad=None,
+        ema=(0.996, 1.0),
+        enc_mask_scale=(0.85, 1.0),
+        pred_mask_scale=(0.15, 0.2),
+        min_keep=10,
+        num_workers=10,
+        amp="bf16",
+    ),
+}

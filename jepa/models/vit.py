@@ -1,0 +1,407 @@
+"""Vision Transformer encoder and I-JEPA predictor.
+
+Reads top to bottom: position embeddings, mask gathering, the transformer block,
+the encoder, the predictor. Parameter names follow the official I-JEPA release
+(`patch_embed.proj`, `blocks.N.attn.qkv`, `predictor_blocks.N`, ...), so its
+checkpoints load without renaming. Both networks take patch-index masks: an encoder call
+`encoder(x, masks)` keeps only the listed patches after adding positions, and a
+predictor call `predictor(z, masks_context, masks_target)` predicts the target
+patches' embeddings from the context tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# --------------------------------------------------------------------------- positions
+
+
+def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int | None = None) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, `(grid_h * grid_w, dim)` in raster order.
+
+    Half the channels encode the row, half the column; `dim` must be divisible by 4.
+    """
+    grid_w = grid_h if grid_w is None else grid_w
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64),
+        torch.arange(grid_w, dtype=torch.float64),
+        indexing="ij",
+    )
+    return torch.cat(
+        [_sincos_1d(dim // 2, rows.flatten()), _sincos_1d(dim // 2, cols.flatten())], 1
+    ).float()
+
+
+def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = positions[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], 1)
+
+
+def apply_masks(x: torch.Tensor, masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Gather tokens by patch index.
+
+    x: `(B, N, D)`; masks: list of M index tensors `(B, K)`.
+    Returns `(M * B, K, D)`, mask-major (all of mask 0's rows, then mask 1's, ...).
+    """
+    d = x.size(-1)
+    return torch.cat([torch.gather(x, 1, m.unsqueeze(-1).expand(-1, -1, d)) for m in masks], 0)
+
+
+def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> torch.Tensor:
+    """`(M * B, ...)` mask-major → `(M * repeat * B, ...)`: each mask's B rows repeated `repeat` times."""
+    num_chunks = x.size(0) // batch_size
+    return torch.cat(
+        [
+            x[i * batch_size : (i + 1) * batch_size].repeat(repeat, *([1] * (x.dim() - 1)))
+            for i in range(num_chunks)
+        ],
+        0,
+    )
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.size(0),) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `F.scaled_dot_product_attention`."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: `(B, N, D)` → `(B, N, D)`."""
+        b, n, d = x.shape
+        q, k, v = (
+            self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        )
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (timm attribute names)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches → tokens by one strided convolution."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`(B, C, H, W)` → `(B, D, H/P, W/P)`."""
+        return self.proj(x)
+
+
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, *, gradient_checkpointing: bool = False, keep: int = 0
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run `blocks` in order; also return the outputs of the last `keep` blocks.
+
+    With `gradient_checkpointing`, activations are recomputed in backward to save memory.
+    """
+    kept = []
+    recompute = gradient_checkpointing and torch.is_grad_enabled()
+    for i, blk in enumerate(blocks):
+        x = checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)
+        if i >= len(blocks) - keep:
+            kept.append(x)
+    return x, kept
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def _rescale_blocks(blocks: nn.ModuleList) -> None:
+    # Shrink residual-branch outputs with depth so deep stacks start near identity.
+    for layer_id, blk in enumerate(blocks, start=1):
+        blk.attn.proj.weight.data.div_(math.sqrt(2.0 * layer_id))
+        blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer_id))
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder without a class token, with fixed sin-cos positions.
+
+    The constructor's keyword arguments are its whole description: `model_args()`
+    returns them, and checkpoints store them so the model can be rebuilt alone.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self._args = dict(
+            image_size=image_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_path_rate=drop_path_rate,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.grid_size = image_size // patch_size
+        self.gradient_checkpointing = gradient_checkpointing
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.register_buffer(
+            "pos_embed", sincos_pos_embed_2d(embed_dim, self.grid_size)[None], persistent=False
+        )
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i]) for i in range(depth)]
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.apply(_init_weights)
+        _rescale_blocks(self.blocks)
+
+    def model_args(self) -> dict:
+        """Constructor arguments that rebuild this module."""
+        return dict(self._args)
+
+    def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """Positions for a `grid_h × grid_w` input, `(1, grid_h*grid_w, D)`.
+
+        The embedding is an analytic function of the grid, so another resolution gets
+        its own exact sin-cos table rather than an interpolated one; this keeps the
+        raster order right for non-square and larger inputs.
+        """
+        if (grid_h, grid_w) == (self.grid_size, self.grid_size):
+            return self.pos_embed
+        table = sincos_pos_embed_2d(self.embed_dim, grid_h, grid_w)
+        return table.to(self.pos_embed.device)[None]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images `(B, C, H, W)` → patch tokens with positions `(B, N, D)`."""
+        if x.size(-1) % self.patch_size or x.size(-2) % self.patch_size:
+            raise ValueError(
+                f"input {tuple(x.shape[-2:])} is not a multiple of patch_size={self.patch_size}"
+            )
+        x = self.patch_embed(x)
+        grid_h, grid_w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)
+        return x + self.position_embedding(grid_h, grid_w).to(x.dtype)
+
+    def forward(
+        self, x: torch.Tensor, masks: Sequence[torch.Tensor] | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Images `(B, C, H, W)` → normalised tokens.
+
+        Without masks: `(B, N, D)`. With M masks of `(B, K)` patch indices: `(M*B, K, D)`.
+        """
+        x = self.embed(x)
+        if masks is not None:
+            x = apply_masks(x, [masks] if torch.is_tensor(masks) else masks)
+        x, _ = run_blocks(self.blocks, x, gradient_checkpointing=self.gradient_checkpointing)
+        return self.norm(x)
+
+    def forward_features(self, x: torch.Tensor, num_last_blocks: int = 1) -> torch.Tensor:
+        """Average-pooled features for evaluation.
+
+        Returns `(B, D)` pooled final tokens, or `(B, num_last_blocks*D)`: the concatenation
+        of the last blocks' normalised, pooled outputs.
+        """
+        x = self.embed(x)
+        x, kept = run_blocks(self.blocks, x, keep=num_last_blocks)
+        if num_last_blocks == 1:
+            return self.norm(x).mean(1)
+        return torch.cat([self.norm(h).mean(1) for h in kept], -1)
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class VisionTransformerPredictor(nn.Module):
+    """Narrow transformer that predicts target-patch embeddings from context tokens."""
+
+    def __init__(
+        self,
+        *,
+        grid_size: int,
+        embed_dim: int = 768,
+        pred_embed_dim: int = 384,
+        depth: int = 6,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self._args = dict(
+            grid_size=grid_size,
+            embed_dim=embed_dim,
+            pred_embed_dim=pred_embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_path_rate=drop_path_rate,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        self.gradient_checkpointing = gradient_checkpointing
+        self.predictor_embed = nn.Linear(embed_dim, pred_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_embed_dim))
+        self.register_buffer(
+            "predictor_pos_embed",
+            sincos_pos_embed_2d(pred_embed_dim, grid_size)[None],
+            persistent=False,
+        )
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.predictor_blocks = nn.ModuleList(
+            [Block(pred_embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i]) for i in range(depth)]
+        )
+        self.predictor_norm = nn.LayerNorm(pred_embed_dim, eps=1e-6)
+        self.predictor_proj = nn.Linear(pred_embed_dim, embed_dim)
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        _rescale_blocks(self.predictor_blocks)
+
+    def model_args(self) -> dict:
+        return dict(self._args)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        masks_context: Sequence[torch.Tensor],
+        masks_target: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Predict target embeddings.
+
+        z: context tokens `(M_ctx*B, K_ctx, D)` from `encoder(x, masks_context)`;
+        masks_context: M_ctx tensors `(B, K_ctx)`; masks_target: M_tgt tensors `(B, K_tgt)`.
+        Returns `(M_tgt*M_ctx*B, K_tgt, D)`: every context copy predicts every target block.
+        """
+        batch_size = z.size(0) // len(masks_context)
+        num_targets = len(masks_target)
+        x = self.predictor_embed(z)
+        pos = self.predictor_pos_embed.expand(batch_size, -1, -1).to(x.dtype)
+        x = x + apply_masks(pos, masks_context)
+        num_context_tokens = x.size(1)
+
+        # One mask token per target position, carrying that position's embedding.
+        target_pos = apply_masks(pos, masks_target)
+        target_pos = repeat_interleave_batch(target_pos, batch_size, len(masks_context))
+        queries = self.mask_token.to(x.dtype) + target_pos
+
+        x = x.repeat(num_targets, 1, 1)  # context repeated once per target block
+        x = torch.cat([x, queries], 1)
+        x, _ = run_blocks(
+            self.predictor_blocks, x, gradient_checkpointing=self.gradient_checkpointing
+        )
+        x = self.predictor_norm(x[:, num_context_tokens:])
+        return self.predictor_proj(x)
+
+
+def build_encoder(cfg) -> VisionTransformer:
+    """Encoder from a `JEPAConfig`."""
+    return VisionTransformer(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias,
+        drop_path_rate=cfg.drop_path_rate,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+
+
+def build_predictor(cfg) -> VisionTransformerPredictor:
+    """Predictor from a `JEPAConfig`."""
+    return VisionTransformerPredictor(
+        grid_size=cfg.grid_size,
+        embed_dim=cfg.embed_dim,
+        pred_embed_dim=cfg.pred_embed_dim,
+        depth=cfg.pred_depth,
+        num_heads=cfg.pred_num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        qkv_bias=cfg.qkv_bias,
+        drop_path_rate=cfg.drop_path_rate,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
