@@ -45,7 +45,7 @@ DATASETS = ("fashion_mnist", "cifar10", "imagefolder", "imagenet1k", "imagenet")
 MASK_STRATEGIES = ("multiblock", "random")
 LOSSES = ("smooth_l1", "l2")
 EMA_SCHEDULES = ("linear", "cosine")
-AMP_MODES = ("auto", "bf16", "fp16", "none")
+AMP_MODES = ("auto", "bf16", "none")
 PROBE_BACKENDS = ("sklearn", "torch")
 CORRUPT_POLICIES = ("skip", "raise")
 

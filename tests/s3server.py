@@ -13,12 +13,14 @@ authentication is switched on (`moto.core.authorization.enable_iam_authenticatio
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import boto3
+import pytest
 from moto.core.authorization import enable_iam_authentication
 from moto.server import ThreadedMotoServer
 
@@ -41,6 +43,18 @@ CLEARED_ENV = (
 )
 
 
+def use_fake_aws_env(monkeypatch: pytest.MonkeyPatch, endpoint_url: str) -> None:
+    """Point boto3 and child processes (dvc) at `endpoint_url` with fake credentials."""
+    for name in CLEARED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in FAKE_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint_url)
+    # A developer's ~/.aws files must not leak into the tests.
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+
+
 @dataclass
 class S3Server:
     """A started moto server: `endpoint_url` is `http://127.0.0.1:<port>`."""
@@ -50,7 +64,8 @@ class S3Server:
 
     def client(self, **kwargs):
         """A plain boto3 S3 client for this server (test setup, not the code under test)."""
-        return boto3.client("s3", endpoint_url=self.endpoint_url, **kwargs)
+        session = boto3.session.Session()
+        return session.client("s3", endpoint_url=self.endpoint_url, **kwargs)
 
     def create_bucket(self) -> str:
         """Create a bucket with a unique name and return the name."""
@@ -62,6 +77,8 @@ class S3Server:
 @contextlib.contextmanager
 def running_s3_server() -> Iterator[S3Server]:
     """Start moto on 127.0.0.1 with an OS-chosen port; stop it on exit."""
+    # werkzeug logs every request to stderr; keep test output for failures.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -87,7 +104,7 @@ def iam_authentication(s3: S3Server, bucket: str) -> Iterator[tuple[str, str]]:
     start. Any other key is rejected (InvalidAccessKeyId) and a wrong secret fails the
     signature check (SignatureDoesNotMatch). The previous mode is restored on exit.
     """
-    iam = boto3.client("iam", endpoint_url=s3.endpoint_url)
+    iam = boto3.session.Session().client("iam", endpoint_url=s3.endpoint_url)
     user = f"user-{uuid.uuid4().hex[:8]}"
     iam.create_user(UserName=user)
     policy = (

@@ -25,7 +25,9 @@ from torch.utils.checkpoint import checkpoint
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int | None = None) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embedding, `(grid_h * grid_w, dim)` in raster order.
 
-    Half the channels encode the row, half the column; `dim` must be divisible by 4.
+    The first half of the channels encodes the column, the second half the row (the
+    official I-JEPA layout, so released weights see the positions they were trained
+    with); `dim` must be divisible by 4.
     """
     grid_w = grid_h if grid_w is None else grid_w
     if dim % 4:
@@ -36,7 +38,7 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int | None = None) -> tor
         indexing="ij",
     )
     return torch.cat(
-        [_sincos_1d(dim // 2, rows.flatten()), _sincos_1d(dim // 2, cols.flatten())], 1
+        [_sincos_1d(dim // 2, cols.flatten()), _sincos_1d(dim // 2, rows.flatten())], 1
     ).float()
 
 
@@ -230,7 +232,7 @@ class VisionTransformer(nn.Module):
         self.register_buffer(
             "pos_embed", sincos_pos_embed_2d(embed_dim, self.grid_size)[None], persistent=False
         )
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i]) for i in range(depth)]
         )
@@ -330,7 +332,7 @@ class VisionTransformerPredictor(nn.Module):
             sincos_pos_embed_2d(pred_embed_dim, grid_size)[None],
             persistent=False,
         )
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.predictor_blocks = nn.ModuleList(
             [Block(pred_embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i]) for i in range(depth)]
         )

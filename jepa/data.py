@@ -1,0 +1,610 @@
+"""Datasets by name, image transforms, and the loaders used by pretraining and evaluation.
+
+Every dataset reads its real on-disk format and yields `(image, label, index)`:
+`image` a normalised float tensor `(C, H, W)` with `C == cfg.in_chans`, `label` the class
+id, `index` the item's position in the dataset. An ImageFolder item whose file cannot be
+decoded is `None` under `corrupt_images: skip` (warned once per file, counted) and an error
+naming the file under `corrupt_images: raise`; both loaders drop `None` items.
+
+==============  ====================================================  ==================
+dataset         on disk                                               default root
+==============  ====================================================  ==================
+fashion_mnist   IDX files (`.gz` or unpacked), read by `read_idx`      Debian's package
+cifar10         torchvision's `cifar-10-batches-py` pickles            ~/.cache/jepa/cifar10
+imagefolder     `root_path/image_folder/<class>/<img>`, eval `val/`    (root_path needed)
+imagenet1k      `root_path/train/<class>/<img>`, `root_path/val/...`   (root_path needed)
+==============  ====================================================  ==================
+
+Pretraining augmentation is a function of `(cfg.seed, epoch, index)` alone: the pretrain
+sampler hands each item its epoch, and the item's crop is drawn from a generator seeded
+from those three numbers. Crops are therefore the same for any `num_workers`, with
+persistent workers, and after a resume.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import multiprocessing
+import os
+import random
+import struct
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
+
+from jepa.config import ConfigError, JEPAConfig
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset-fashion-mnist
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "jepa"
+
+# Per-channel mean/std of the training images.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet1k": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+# PIL's RGB -> L conversion weights (ITU-R 601-2), used to derive grayscale statistics.
+_LUMA = (0.299, 0.587, 0.114)
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Decoding errors PIL raises for truncated or malformed files (PNG raises SyntaxError).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is not where the config points; the message says how to get it."""
+
+
+class CorruptImageError(OSError):
+    """An image file cannot be decoded and `corrupt_images` is `raise`."""
+
+
+class CorruptImageWarning(UserWarning):
+    """An image file cannot be decoded and is skipped (`corrupt_images: skip`)."""
+
+
+class SharedCounter:
+    """An integer counter shared by the DataLoader workers and the main process."""
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.Value("q", 0)
+
+    def add(self, n: int = 1) -> int:
+        """Add `n` and return the new total."""
+        with self._value.get_lock():
+            self._value.value += n
+            return self._value.value
+
+    @property
+    def value(self) -> int:
+        return self._value.value
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Handed to a DataLoader worker: share the value. Plain pickling or deepcopy (which
+        # multiprocessing forbids for shared values): a detached counter starting at the count.
+        if multiprocessing.context.get_spawning_popen() is not None:
+            return {"shared": self._value}
+        return {"start": self.value}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._value = state.get("shared") or multiprocessing.Value("q", state["start"])
+
+
+# ---- locations ------------------------------------------------------------------------------
+
+
+def dataset_root(cfg: JEPAConfig) -> Path:
+    """The dataset's root folder: `cfg.root_path`, or the dataset's default location."""
+    if cfg.root_path is not None:
+        return Path(cfg.root_path).expanduser()
+    name = cfg.dataset_name
+    if name == "fashion_mnist":
+        return FASHION_MNIST_DIR
+    if name == "cifar10":
+        return CACHE_DIR / "cifar10"
+    layout = "train/<class>/<image> and val/<class>/<image>"
+    if name == "imagefolder":
+        layout = f"{cfg.image_folder}/<class>/<image> (and val/<class>/<image> for evaluation)"
+    raise DatasetNotFoundError(
+        f"dataset={cfg.dataset!r} has no default location; "
+        f"set root_path to a folder holding {layout}"
+    )
+
+
+def _split_name(split: str) -> str:
+    if split == "train":
+        return "train"
+    if split in ("test", "val"):
+        return "test"
+    raise ValueError(f"split={split!r} is not one of 'train', 'test', 'val'")
+
+
+# ---- transforms -----------------------------------------------------------------------------
+
+
+def normalization_stats(cfg: JEPAConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel `(mean, std)` for `cfg.dataset`, each of length `cfg.in_chans`."""
+    mean, std = NORMALIZATION[cfg.dataset_name]
+    if len(mean) == cfg.in_chans:
+        return mean, std
+    if len(mean) == 1:  # grayscale data fed to an RGB encoder: channels are repeated
+        return mean * cfg.in_chans, std * cfg.in_chans
+    if cfg.in_chans == 1:  # RGB data read as L: weight the statistics like PIL does
+        gray_mean = sum(w * m for w, m in zip(_LUMA, mean, strict=True))
+        gray_std = sum(w * s for w, s in zip(_LUMA, std, strict=True))
+        return (gray_mean,), (gray_std,)
+    raise ConfigError(f"in_chans={cfg.in_chans} does not fit dataset={cfg.dataset!r}; use 1 or 3")
+
+
+def pretrain_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
+    """uint8 tensor `(C, h, w)` or PIL image -> float `(C, S, S)`, `S = cfg.image_size`:
+    RandomResizedCrop(scale=cfg.crop_scale) and normalisation; no flip (official default)."""
+    mean, std = normalization_stats(cfg)
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+            v2.ToPureTensor(),
+        ]
+    )
+
+
+def eval_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
+    """uint8 tensor `(C, h, w)` or PIL image -> float `(C, S, S)`: resize the short side to
+    `S * 256 / 224` (exactly `S` below 224), center crop `S`, normalise."""
+    size = cfg.image_size
+    resize = int(size * 256 / 224) if size >= 224 else size
+    mean, std = normalization_stats(cfg)
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize, antialias=True),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+            v2.ToPureTensor(),
+        ]
+    )
+
+
+# ---- datasets -------------------------------------------------------------------------------
+
+
+class TensorImageDataset(Dataset):
+    """In-memory uint8 images `(N, C, H, W)` and labels `(N,)`.
+
+    Items are `(transform(image), label, index)`; with `in_chans` larger than `C == 1` the
+    single channel is repeated before the transform.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: Sequence[str],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        in_chans: int | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if in_chans not in (None, images.shape[1]) and images.shape[1] != 1:
+            raise ValueError(
+                f"in_chans={in_chans} does not fit images with {images.shape[1]} channels"
+            )
+        self.images, self.targets, self.classes = images, labels.long(), list(classes)
+        self.transform = transform
+        self.in_chans = images.shape[1] if in_chans is None else in_chans
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image = self.images[index]
+        if image.shape[0] != self.in_chans:
+            image = image.expand(self.in_chans, -1, -1)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index]), index
+
+
+class ImageFolderDataset(Dataset):
+    """Images in class subfolders, `root/<class>/<image>`, decoded with PIL per item.
+
+    Items are `(transform(image), label, index)` with the image in `mode` ("RGB" or "L"),
+    or `None` when the file cannot be decoded and `corrupt_images == "skip"`. Skips are
+    warned once per file (per process) and counted in `num_skipped` across workers.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        *,
+        mode: str = "RGB",
+        corrupt_images: str = "skip",
+        limit: int | None = None,
+    ) -> None:
+        if corrupt_images not in ("skip", "raise"):
+            raise ValueError(f"corrupt_images={corrupt_images!r} is not 'skip' or 'raise'")
+        self.root = Path(root)
+        self.classes, self.class_to_idx = find_classes(self.root)
+        # make_dataset sorts by class then file name, so `limit` keeps a fixed set.
+        self.samples = make_dataset(self.root, self.class_to_idx, extensions=IMG_EXTENSIONS)[:limit]
+        self.targets = [label for _, label in self.samples]
+        self.transform, self.mode, self.corrupt_images = transform, mode, corrupt_images
+        self._skips = SharedCounter()
+        self._warned: set[str] = set()
+
+    @property
+    def num_skipped(self) -> int:
+        """Items returned as `None` so far, summed over all processes."""
+        return self._skips.value
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                image = img.convert(self.mode)  # convert() decodes the whole file
+        except _DECODE_ERRORS as err:
+            if self.corrupt_images == "raise":
+                raise CorruptImageError(
+                    f"cannot decode image {path}: {err}; fix or remove the file, or set "
+                    f"corrupt_images: skip"
+                ) from err
+            total = self._skips.add()
+            if path not in self._warned:
+                self._warned.add(path)
+                warnings.warn(
+                    f"skipping unreadable image {path}: {err} ({total} skipped so far)",
+                    CorruptImageWarning,
+                    stacklevel=2,
+                )
+            return None
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label, index
+
+
+def read_idx(path: str | Path) -> torch.Tensor:
+    """Read an IDX file of unsigned bytes (`.gz` or unpacked) as a uint8 tensor of its dims."""
+    path = Path(path)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\x00\x00":
+        raise ValueError(f"{path} is not an IDX file (magic number {data[:4].hex()!r})")
+    if data[2] != 0x08:
+        raise ValueError(f"{path}: IDX type 0x{data[2]:02x} is not unsigned byte (0x08)")
+    ndim = data[3]
+    offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dims)")
+    dims = struct.unpack(f">{ndim}I", data[4:offset])
+    size = math.prod(dims)
+    if len(data) - offset != size:
+        raise ValueError(
+            f"{path}: header says dims {dims} ({size} bytes) "
+            f"but the file holds {len(data) - offset}"
+        )
+    return torch.from_numpy(np.frombuffer(data, np.uint8, size, offset).reshape(dims).copy())
+
+
+def _find_idx_pair(dirs: Sequence[Path], stems: Sequence[str]) -> tuple[Path, ...] | None:
+    """The first folder holding every stem, as unpacked or `.gz` file."""
+    for folder in dirs:
+        found = [
+            next((p for p in (folder / s, folder / f"{s}.gz") if p.is_file()), None) for s in stems
+        ]
+        if all(found):
+            return tuple(found)
+    return None
+
+
+def _fashion_mnist_dirs(cfg: JEPAConfig) -> list[Path]:
+    if cfg.root_path is None:
+        return [FASHION_MNIST_DIR, CACHE_DIR / "fashion_mnist" / "FashionMNIST" / "raw"]
+    root = dataset_root(cfg)
+    return [root, root / "raw", root / "FashionMNIST" / "raw"]
+
+
+def _load_fashion_mnist(cfg: JEPAConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images `(N, 1, 28, 28)` uint8 and labels `(N,)` from the IDX files of `split`."""
+    stems = _IDX_FILES[split]
+    dirs = _fashion_mnist_dirs(cfg)
+    files = _find_idx_pair(dirs, stems)
+    if files is None and cfg.download:
+        target = dataset_root(cfg) if cfg.root_path else CACHE_DIR / "fashion_mnist"
+        torchvision.datasets.FashionMNIST(target, train=split == "train", download=True)
+        files = _find_idx_pair([target / "FashionMNIST" / "raw"], stems)
+    if files is None:
+        raise DatasetNotFoundError(
+            f"Fashion-MNIST files {stems[0]}[.gz] and {stems[1]}[.gz] not found; looked in "
+            f"{', '.join(map(str, dirs))}. "
+            f"Install them with `apt-get install dataset-fashion-mnist` "
+            f"(into {FASHION_MNIST_DIR}), set `download: true` to fetch them with torchvision, "
+            f"or set root_path to a folder holding the IDX files"
+        )
+    images, labels = (read_idx(p) for p in files)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"{files[0]} has shape {tuple(images.shape)} and {files[1]} has shape "
+            f"{tuple(labels.shape)}; expected (N, H, W) images and (N,) labels"
+        )
+    return images.unsqueeze(1), labels
+
+
+def _load_cifar10(cfg: JEPAConfig, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images `(N, 3, 32, 32)` uint8, labels `(N,)` and class names from the CIFAR-10 pickles."""
+    root = dataset_root(cfg)
+    folder = root / torchvision.datasets.CIFAR10.base_folder
+    how = (
+        "set `download: true` to fetch it with torchvision, or extract cifar-10-python.tar.gz "
+        "(https://www.cs.toronto.edu/~kriz/cifar.html) into root_path"
+    )
+    if not cfg.download and not folder.is_dir():
+        raise DatasetNotFoundError(f"CIFAR-10 not found: {folder} does not exist; {how}")
+    try:
+        raw = torchvision.datasets.CIFAR10(root, train=split == "train", download=cfg.download)
+    except RuntimeError as err:  # torchvision's "not found or corrupted" (md5 check)
+        raise DatasetNotFoundError(
+            f"CIFAR-10 in {folder} is incomplete or corrupted ({err}); {how}"
+        ) from err
+    images = torch.from_numpy(raw.data).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
+    return images, torch.as_tensor(raw.targets), list(raw.classes)
+
+
+def _image_folder_path(cfg: JEPAConfig, split: str) -> Path:
+    root = dataset_root(cfg)
+    if split == "train":
+        sub = cfg.image_folder if cfg.dataset_name == "imagefolder" else "train"
+        path = root / sub
+    else:
+        path = root / "val"
+    if not path.is_dir():
+        raise DatasetNotFoundError(
+            f"{cfg.dataset} {split} images not found: {path} does not exist; expected "
+            f"{path}/<class>/<image> (ImageFolder layout: one subfolder per class)"
+        )
+    return path
+
+
+def _channel_repeat_ok(cfg: JEPAConfig, have: int) -> None:
+    if cfg.in_chans != have and not (have == 1 and cfg.in_chans == 3):
+        raise ConfigError(
+            f"in_chans={cfg.in_chans} does not match dataset={cfg.dataset!r}, whose images have "
+            f"{have} channel(s); set in_chans={have}"
+        )
+
+
+def build_dataset(
+    cfg: JEPAConfig, split: str = "train", *, train_transform: bool = True
+) -> Dataset:
+    """The dataset named by `cfg.dataset`, items `(image (C, S, S) float, label, index)`.
+
+    `split` is "train" or "test" ("val" is the same split; for ImageFolder datasets both
+    read the `val` folder). `train_transform` picks `pretrain_transform` over
+    `eval_transform`. `cfg.subset` keeps the first N training items (test split untouched).
+    """
+    split = _split_name(split)
+    transform = pretrain_transform(cfg) if train_transform else eval_transform(cfg)
+    limit = cfg.subset if split == "train" else None
+    name = cfg.dataset_name
+    if name in ("imagefolder", "imagenet1k"):
+        if cfg.in_chans not in (1, 3):
+            raise ConfigError(f"in_chans={cfg.in_chans} is not supported for {name}; use 1 or 3")
+        path = _image_folder_path(cfg, split)
+        try:
+            return ImageFolderDataset(
+                path,
+                transform,
+                mode="L" if cfg.in_chans == 1 else "RGB",
+                corrupt_images=cfg.corrupt_images,
+                limit=limit,
+            )
+        except FileNotFoundError as err:  # torchvision: no class folders / no images
+            raise DatasetNotFoundError(
+                f"{path}: {err}; expected {path}/<class>/<image> with one subfolder per class"
+            ) from err
+    if name == "fashion_mnist":
+        images, labels = _load_fashion_mnist(cfg, split)
+        classes = FASHION_MNIST_CLASSES
+    elif name == "cifar10":
+        images, labels, classes = _load_cifar10(cfg, split)
+    else:
+        raise ConfigError(f"dataset={cfg.dataset!r} has no loader in jepa.data")
+    _channel_repeat_ok(cfg, images.shape[1])
+    return TensorImageDataset(images[:limit], labels[:limit], classes, transform, cfg.in_chans)
+
+
+def num_classes(dataset: Dataset) -> int:
+    """Number of classes of a dataset from `build_dataset` (also through wrappers)."""
+    while not hasattr(dataset, "classes") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset  # torch Subset, the pretrain loader's view
+    if not hasattr(dataset, "classes"):
+        raise TypeError(f"{type(dataset).__name__} has no `classes`; build it with build_dataset")
+    return len(dataset.classes)
+
+
+# ---- loaders --------------------------------------------------------------------------------
+
+
+class DropNoneCollate:
+    """Collate that drops `None` items (unreadable images) before calling `collate_fn`.
+
+    `num_dropped` counts them over all workers. A batch with no item left is `None`, which
+    `SkipEmptyLoader` leaves out.
+    """
+
+    def __init__(self, collate_fn: Callable[[list], Any] = default_collate) -> None:
+        self.collate_fn = collate_fn
+        self._dropped = SharedCounter()
+
+    @property
+    def num_dropped(self) -> int:
+        return self._dropped.value
+
+    def __call__(self, batch: list) -> Any:
+        kept = [item for item in batch if item is not None]
+        if len(kept) < len(batch):
+            self._dropped.add(len(batch) - len(kept))
+        return self.collate_fn(kept) if kept else None
+
+
+class SkipEmptyLoader(DataLoader):
+    """DataLoader that leaves out batches whose items were all unreadable (collated to `None`),
+    so an epoch may yield fewer than `len(loader)` batches."""
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        return (batch for batch in batches if batch is not None)
+
+
+class EpochSampler(DistributedSampler):
+    """`DistributedSampler` whose keys are `(index, epoch)`: the epoch travels with each index
+    to the worker that loads it, where it seeds the item's augmentation."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((index, epoch) for index in super().__iter__())
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one item's augmentation."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class SeededItems(Dataset):
+    """View of `dataset` taking `(index, epoch)` keys (or a plain index, epoch 0): the item
+    is loaded with the CPU generator seeded by `item_seed(seed, epoch, index)`, then the
+    generator's previous state is restored."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        state = torch.get_rng_state()
+        torch.default_generator.manual_seed(item_seed(self.seed, epoch, index))
+        try:
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(state)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and `random` in a DataLoader worker from its torch seed (set by the
+    loader's generator), for collators that draw from them."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_pretrain_loader(
+    cfg: JEPAConfig,
+    dataset: Dataset,
+    collate_fn: Callable[[list], Any],
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[DataLoader, EpochSampler]:
+    """Shuffled, drop-last loader of `cfg.batch_size // world_size` items per rank.
+
+    Call `sampler.set_epoch(epoch)` before each epoch: the order and every item's crop are
+    functions of `(cfg.seed, epoch)`. `None` items are dropped before `collate_fn`
+    (`loader.collate_fn.num_dropped` counts them); a batch left empty is skipped.
+    """
+    if cfg.batch_size % world_size:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is not divisible by world_size={world_size}; "
+            f"choose a batch_size that is a multiple of the number of processes"
+        )
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
+    per_rank = cfg.batch_size // world_size
+    sampler = EpochSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    if sampler.num_samples < per_rank:
+        raise ValueError(
+            f"{len(dataset)} items give {sampler.num_samples} per rank, fewer than one batch of "
+            f"{per_rank} (batch_size={cfg.batch_size}, world_size={world_size}); "
+            f"lower batch_size or use more data (subset={cfg.subset})"
+        )
+    workers = cfg.num_workers
+    loader = SkipEmptyLoader(
+        SeededItems(dataset, cfg.seed),
+        batch_size=per_rank,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=DropNoneCollate(collate_fn),
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(cfg.seed + rank),
+    )
+    return loader, sampler
+
+
+def build_eval_loader(
+    cfg: JEPAConfig, dataset: Dataset, *, batch_size: int | None = None
+) -> DataLoader:
+    """Sequential loader (no shuffle, keeps the last partial batch) of `batch_size` items
+    (default `cfg.eval_batch_size`), batches `(images (B, C, S, S), labels (B,), indices (B,))`.
+
+    `None` items are dropped and counted in `loader.collate_fn.num_dropped`; a batch left
+    empty is skipped.
+    """
+    return SkipEmptyLoader(
+        dataset,
+        batch_size=batch_size or cfg.eval_batch_size,
+        shuffle=False,
+        drop_last=False,
+        collate_fn=DropNoneCollate(default_collate),
+        num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -1,0 +1,29 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from s3server import S3Server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 (OS-chosen port) for the whole session."""
+    from s3server import running_s3_server  # moto is slow to import; only S3 tests pay
+
+    with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A fresh bucket; fake credentials and AWS_ENDPOINT_URL set for boto3 and dvc."""
+    from s3server import use_fake_aws_env
+
+    use_fake_aws_env(monkeypatch, s3_server.endpoint_url)
+    return s3_server.endpoint_url, s3_server.create_bucket()

@@ -1,0 +1,335 @@
+"""Datasets read their real on-disk formats (written here, tiny); loaders are deterministic."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import io
+import os
+import pickle
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from jepa import data
+from jepa.config import ConfigError, JEPAConfig
+from jepa.data import (
+    CorruptImageError,
+    CorruptImageWarning,
+    DatasetNotFoundError,
+    TensorImageDataset,
+    build_dataset,
+    build_eval_loader,
+    build_pretrain_loader,
+    num_classes,
+    read_idx,
+)
+
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+
+
+def fmnist_cfg(root: Path | None, **overrides) -> JEPAConfig:
+    values = {"num_workers": 0, **overrides}
+    return JEPAConfig.preset("fmnist-tiny", root_path=root and str(root), **values)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX format: 0x0000, type 0x08 (uint8), ndim, big-endian int32 dims, raw bytes."""
+    payload = struct.pack(f">BBBB{array.ndim}I", 0, 0, 0x08, array.ndim, *array.shape)
+    payload += array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+
+
+def write_fmnist(folder: Path, num_train: int = 12, num_test: int = 5) -> dict[str, np.ndarray]:
+    """Train files gzipped, test files unpacked: the reader must take both."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for prefix, n, suffix in (("train", num_train, ".gz"), ("t10k", num_test, "")):
+        arrays[f"{prefix}-images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{prefix}-labels"] = rng.integers(0, 10, n, dtype=np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", arrays[f"{prefix}-images"])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", arrays[f"{prefix}-labels"])
+    return arrays
+
+
+# ---- Fashion-MNIST (IDX) -----------------------------------------------------------------
+
+
+def test_read_idx_checks_header(tmp_path):
+    good = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", good)
+    assert torch.equal(read_idx(tmp_path / "a.gz"), torch.from_numpy(good))
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="bad.*not an IDX file"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + b"\x00" * 3)
+    with pytest.raises(ValueError, match=r"10 bytes.*holds 3"):
+        read_idx(tmp_path / "short")
+
+
+def test_fashion_mnist_reads_torchvision_raw_layout(tmp_path):
+    arrays = write_fmnist(tmp_path / "FashionMNIST" / "raw")
+    cfg = fmnist_cfg(tmp_path)
+    train = build_dataset(cfg, "train", train_transform=False)
+    test = build_dataset(cfg, "test", train_transform=False)
+    assert (len(train), len(test), num_classes(train)) == (12, 5, 10)
+    image, label, index = test[3]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32
+    assert (label, index) == (int(arrays["t10k-labels"][3]), 3)
+    # At image_size 28 the eval transform is only normalisation: pixels must survive exactly.
+    want = (torch.from_numpy(arrays["t10k-images"][3]).float() / 255 - FMNIST_MEAN) / FMNIST_STD
+    torch.testing.assert_close(image[0], want)
+    crop, _, _ = build_dataset(cfg, "train")[0]
+    assert crop.shape == (1, 28, 28)
+
+
+def test_fashion_mnist_channels_subset_and_in_chans(tmp_path):
+    write_fmnist(tmp_path)  # files directly in root_path
+    rgb = build_dataset(fmnist_cfg(tmp_path, in_chans=3, subset=7), train_transform=False)
+    image, _, _ = rgb[0]
+    assert len(rgb) == 7 and image.shape == (3, 28, 28)
+    assert torch.equal(image[0], image[2])  # grayscale repeated, same normalisation
+    assert len(build_dataset(fmnist_cfg(tmp_path, subset=7), "test")) == 5  # subset: train only
+    with pytest.raises(ConfigError, match="in_chans=2"):
+        build_dataset(fmnist_cfg(tmp_path, in_chans=2))
+
+
+@pytest.mark.skipif(
+    not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed (apt-get install it to run this)",
+)
+def test_fashion_mnist_debian_package():
+    cfg = fmnist_cfg(None)
+    assert data.dataset_root(cfg) == data.FASHION_MNIST_DIR
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test", train_transform=False)
+    assert (len(train), len(test), num_classes(train)) == (60000, 10000, 10)
+    assert sorted(train.targets.unique().tolist()) == list(range(10))
+    # The published per-pixel statistics of the training set.
+    pixels = train.images.float() / 255
+    assert abs(pixels.mean().item() - FMNIST_MEAN) < 1e-3
+    assert abs(pixels.std().item() - FMNIST_STD) < 1e-3
+
+
+# ---- CIFAR-10 (torchvision pickles) --------------------------------------------------------
+
+
+def write_cifar10(root: Path, per_batch: int = 3) -> dict[str, np.ndarray]:
+    """`cifar-10-batches-py`: dict pickles with `data` (N, 3072) rows of R, G, B planes."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rows = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        rows[name] = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        batch = {
+            "batch_label": name,
+            "data": rows[name],
+            "labels": list(range(per_batch)),
+            "filenames": [f"{name}_{i}.png" for i in range(per_batch)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch))
+    meta = {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    return rows
+
+
+@pytest.fixture
+def skip_cifar_md5(monkeypatch):
+    """torchvision checks each file against the md5 of the published archive, which tiny test
+    files cannot match. Reduce that check to "file exists" so the rest of torchvision's real
+    reader (pickle layout, keys, reshape) still runs on our files."""
+    monkeypatch.setattr(
+        torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path)
+    )
+
+
+def test_cifar10_reads_pickle_batches(tmp_path, skip_cifar_md5):
+    rows = write_cifar10(tmp_path)
+    cfg = JEPAConfig(dataset="cifar10", root_path=str(tmp_path), image_size=32, num_workers=0)
+    train = build_dataset(cfg, "train")
+    test = build_dataset(cfg, "test", train_transform=False)
+    assert (len(train), len(test), num_classes(test)) == (15, 3, 10)
+    assert test.classes[2] == "class2"
+    image, label, index = test[2]
+    assert image.shape == (3, 32, 32) and (label, index) == (2, 2)
+    mean, std = data.NORMALIZATION["cifar10"]
+    want = torch.from_numpy(rows["test_batch"][2].reshape(3, 32, 32)).float() / 255
+    want = (want - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(image, want)
+    assert train[14][1:] == (2, 14)  # last row of data_batch_5
+    with pytest.raises(ConfigError, match="in_chans=1"):
+        build_dataset(cfg.replace(in_chans=1))
+
+
+def test_cifar10_missing_or_incomplete(tmp_path, skip_cifar_md5):
+    cfg = JEPAConfig(dataset="cifar10", root_path=str(tmp_path), image_size=32)
+    with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py.*download: true"):
+        build_dataset(cfg)
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(DatasetNotFoundError, match="incomplete or corrupted"):
+        build_dataset(cfg)
+
+
+# ---- ImageFolder ---------------------------------------------------------------------------
+
+
+def write_image_folder(root: Path, corrupt: bool = True) -> Path:
+    """Two classes of PNG/JPEG files; with `corrupt`, one JPEG cut in half."""
+    rng = np.random.default_rng(2)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i, fmt in enumerate(("PNG", "JPEG")):
+            pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+            torchvision.transforms.v2.functional.to_pil_image(pixels).save(
+                root / cls / f"{i}.{fmt.lower()}", fmt
+            )
+    bad = root / "dog" / "9_truncated.jpeg"
+    if corrupt:
+        buf = io.BytesIO()
+        torchvision.transforms.v2.functional.to_pil_image(
+            rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        ).save(buf, "JPEG")
+        bad.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return bad
+
+
+def folder_cfg(root: Path, **overrides) -> JEPAConfig:
+    values = {"num_workers": 0, **overrides}
+    return JEPAConfig(dataset="imagefolder", root_path=str(root), image_size=32, **values)
+
+
+def test_image_folder_skips_corrupt_image(tmp_path):
+    bad = write_image_folder(tmp_path / "train")
+    dataset = build_dataset(folder_cfg(tmp_path), train_transform=False)
+    assert len(dataset) == 5 and dataset.classes == ["cat", "dog"]
+    image, label, index = dataset[0]
+    assert image.shape == (3, 32, 32) and (label, index) == (0, 0)
+    with pytest.warns(CorruptImageWarning, match=bad.name):
+        assert dataset[4] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per file only
+        assert dataset[4] is None
+    assert dataset.num_skipped == 2
+
+    # Batches [0, 1], [2, 3], [4]: the last has no readable item and is left out.
+    loader = build_eval_loader(folder_cfg(tmp_path), dataset, batch_size=2)
+    batches = list(loader)  # the file was already warned about: no second warning
+    assert len(batches) == 2
+    images, labels, indices = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    assert images.shape == (4, 3, 32, 32)
+    assert labels.tolist() == [0, 0, 1, 1] and indices.tolist() == [0, 1, 2, 3]
+    assert loader.collate_fn.num_dropped == 1
+    # Counts made in worker processes reach the main process.
+    parallel = build_eval_loader(folder_cfg(tmp_path, num_workers=2), dataset, batch_size=2)
+    assert sum(len(b[2]) for b in parallel) == 4
+    assert parallel.collate_fn.num_dropped == 1 and dataset.num_skipped == 4
+    assert copy.deepcopy(dataset).num_skipped == 4  # a copy detaches from the shared count
+
+
+def test_image_folder_raise_policy_names_file(tmp_path):
+    bad = write_image_folder(tmp_path / "train")
+    dataset = build_dataset(folder_cfg(tmp_path, corrupt_images="raise"))
+    with pytest.raises(CorruptImageError, match=bad.name):
+        dataset[4]
+
+
+def test_image_folder_val_split_and_grayscale(tmp_path):
+    write_image_folder(tmp_path / "train", corrupt=False)
+    with pytest.raises(DatasetNotFoundError, match=r"val does not exist"):
+        build_dataset(folder_cfg(tmp_path), "val")
+    write_image_folder(tmp_path / "val", corrupt=False)
+    gray = build_dataset(folder_cfg(tmp_path, in_chans=1), "test", train_transform=False)
+    assert len(gray) == 4 and gray[3][0].shape == (1, 32, 32)
+    imagenet = JEPAConfig(dataset="imagenet", root_path=str(tmp_path), image_size=32)
+    assert len(build_dataset(imagenet, "val")) == 4
+
+
+def test_missing_dataset_paths_explain_the_fix(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_dataset(fmnist_cfg(tmp_path / "nowhere"))
+    message = str(err.value)
+    assert str(tmp_path / "nowhere" / "FashionMNIST" / "raw") in message
+    assert "apt-get install dataset-fashion-mnist" in message and "download: true" in message
+    with pytest.raises(DatasetNotFoundError, match=r"nowhere/train does not exist.*<class>"):
+        build_dataset(folder_cfg(tmp_path / "nowhere"))
+    with pytest.raises(DatasetNotFoundError, match="set root_path"):
+        build_dataset(JEPAConfig(dataset="imagenet1k"))
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError, match="one subfolder per class"):
+        build_dataset(folder_cfg(tmp_path / "empty"))
+
+
+# ---- transforms and loaders ------------------------------------------------------------------
+
+
+def test_eval_transform_resizes_like_the_official_protocol():
+    cfg = JEPAConfig(image_size=224)
+    out = data.eval_transform(cfg)(torch.randint(0, 256, (3, 240, 320), dtype=torch.uint8))
+    assert out.shape == (3, 224, 224)
+    assert data.eval_transform(cfg).transforms[1].size == [256]
+    assert data.eval_transform(cfg.replace(image_size=32)).transforms[1].size == [32]
+
+
+def collate_indices(batch: list) -> tuple[torch.Tensor, list[int]]:
+    return torch.stack([image for image, _, _ in batch]), [index for _, _, index in batch]
+
+
+def tiny_dataset(cfg: JEPAConfig, n: int = 11) -> TensorImageDataset:
+    images = torch.randint(0, 256, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    return TensorImageDataset(
+        images.to(torch.uint8),
+        torch.arange(n) % 10,
+        data.FASHION_MNIST_CLASSES,
+        data.pretrain_transform(cfg),
+    )
+
+
+def run_epoch(cfg, dataset, epoch, rank=0, world_size=2):
+    loader, sampler = build_pretrain_loader(
+        cfg, dataset, collate_indices, rank=rank, world_size=world_size
+    )
+    sampler.set_epoch(epoch)
+    batches = list(loader)
+    return torch.cat([b[0] for b in batches]), [i for b in batches for i in b[1]], batches
+
+
+def test_pretrain_loader_batches_and_order():
+    cfg = fmnist_cfg(None, batch_size=4, seed=3)
+    dataset = tiny_dataset(cfg)
+    loader, sampler = build_pretrain_loader(cfg, dataset, collate_indices, rank=0, world_size=2)
+    assert (
+        loader.batch_size == 2 and loader.drop_last and isinstance(sampler, data.DistributedSampler)
+    )
+    # 11 items over 2 ranks -> 5 per rank -> two full batches of 2, the last item dropped.
+    images, order, batches = run_epoch(cfg, dataset, epoch=0)
+    assert len(loader) == 2 and [len(b[1]) for b in batches] == [2, 2]
+    again, same_order, _ = run_epoch(cfg, dataset, epoch=0)
+    assert order == same_order and torch.equal(images, again)
+    _, other_rank, _ = run_epoch(cfg, dataset, epoch=0, rank=1)
+    assert not set(order) & set(other_rank)
+    orders = {tuple(run_epoch(cfg, dataset, epoch=e)[1]) for e in range(4)}
+    assert len(orders) > 1  # the order changes with the epoch
+    with pytest.raises(ConfigError, match=r"batch_size=4.*world_size=3"):
+        build_pretrain_loader(cfg, dataset, collate_indices, world_size=3)
+
+
+def test_pretrain_crops_depend_only_on_seed_epoch_index():
+    cfg = fmnist_cfg(None, batch_size=4, seed=5, crop_scale=(0.2, 0.5))
+    dataset = tiny_dataset(cfg)
+    serial = [run_epoch(cfg, dataset, epoch=e, world_size=1)[0] for e in (0, 1)]
+    # Two persistent workers across both epochs: same crops as a fresh serial run.
+    loader, sampler = build_pretrain_loader(cfg.replace(num_workers=2), dataset, collate_indices)
+    for epoch, want in enumerate(serial):
+        sampler.set_epoch(epoch)
+        assert torch.equal(torch.cat([b[0] for b in loader]), want)
+    assert not torch.equal(serial[0], serial[1])
+    state = torch.get_rng_state()
+    loader.dataset[(0, 0)]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG stream is left alone

@@ -1,0 +1,126 @@
+"""Encoder and predictor: shapes, finiteness, gradients, position embeddings."""
+
+import pytest
+import torch
+
+from jepa.config import MODEL_SIZES, JEPAConfig
+from jepa.models import (
+    VisionTransformer,
+    apply_masks,
+    build_encoder,
+    build_predictor,
+    repeat_interleave_batch,
+    sincos_pos_embed_2d,
+)
+
+
+def tiny_cfg(**kw):
+    base = dict(
+        model="custom",
+        embed_dim=48,
+        depth=2,
+        num_heads=3,
+        pred_embed_dim=24,
+        pred_depth=2,
+        pred_num_heads=3,
+    )
+    return JEPAConfig.preset("fmnist-tiny").replace(**{**base, **kw})
+
+
+def masks(batch, n_patches, sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.stack(
+            [torch.randperm(n_patches, generator=g)[:k].sort().values for _ in range(batch)]
+        )
+        for k in sizes
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SIZES))
+def test_every_named_size_builds_with_official_widths(name):
+    cfg = JEPAConfig(model=name, image_size=32, patch_size=16)
+    with torch.device("meta"):  # sizes only: no memory or init time for a billion weights
+        enc = build_encoder(cfg)
+    dim, depth, heads = MODEL_SIZES[name]
+    assert enc.embed_dim == dim and len(enc.blocks) == depth
+    assert enc.blocks[0].attn.num_heads == heads
+
+
+def test_encoder_shapes_and_masking_keep_listed_patches():
+    cfg = tiny_cfg()
+    enc = build_encoder(cfg).eval()
+    x = torch.randn(3, 1, 28, 28)
+    full = enc(x)
+    assert full.shape == (3, 49, 48) and torch.isfinite(full).all()
+    m = masks(3, 49, [10, 10])
+    out = enc(x, m)
+    assert out.shape == (6, 10, 48)
+    # masking happens after position embedding: tokens are those of the kept patches
+    tokens = enc.embed(x)
+    assert torch.equal(
+        apply_masks(tokens, m)[:3], torch.gather(tokens, 1, m[0][..., None].expand(-1, -1, 48))
+    )
+
+
+def test_predictor_output_shape_is_targets_times_contexts():
+    cfg = tiny_cfg()
+    enc, pred = build_encoder(cfg), build_predictor(cfg)
+    x = torch.randn(2, 1, 28, 28)
+    m_ctx, m_tgt = masks(2, 49, [20]), masks(2, 49, [6] * 4, seed=1)
+    out = pred(enc(x, m_ctx), m_ctx, m_tgt)
+    assert out.shape == (4 * 1 * 2, 6, 48) and torch.isfinite(out).all()
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    cfg = tiny_cfg(drop_path_rate=0.1)
+    enc, pred = build_encoder(cfg), build_predictor(cfg)
+    x = torch.randn(2, 1, 28, 28)
+    m_ctx, m_tgt = masks(2, 49, [20, 20]), masks(2, 49, [6] * 3, seed=1)
+    pred(enc(x, m_ctx), m_ctx, m_tgt).square().mean().backward()
+    for name, p in [*enc.named_parameters(), *pred.named_parameters()]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    a = build_encoder(cfg)
+    b = build_encoder(cfg.replace(gradient_checkpointing=True))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    a(x).sum().backward()
+    b(x).sum().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=n)
+
+
+def test_position_embedding_follows_the_input_resolution():
+    enc = VisionTransformer(
+        image_size=32, patch_size=8, in_chans=1, embed_dim=16, depth=1, num_heads=2
+    )
+    # 64x32 input: a 8x4 grid whose row/column codes equal the table built for that grid
+    tokens = enc.embed(torch.zeros(1, 1, 64, 32)) - enc.patch_embed.proj.bias
+    torch.testing.assert_close(tokens[0], sincos_pos_embed_2d(16, 8, 4))
+    # the first 4x4 block of a larger grid has the same codes as the training grid
+    big = sincos_pos_embed_2d(16, 8, 8).view(8, 8, 16)[:4, :4].reshape(16, 16)
+    torch.testing.assert_close(big, enc.pos_embed[0])
+
+
+def test_sincos_rows_and_columns_are_distinct():
+    table = sincos_pos_embed_2d(32, 7)
+    assert table.shape == (49, 32)
+    assert torch.cdist(table, table).add(torch.eye(49)).min() > 0
+
+
+def test_repeat_interleave_batch_order():
+    x = torch.arange(4).view(4, 1)  # two masks of batch 2: [m0b0, m0b1, m1b0, m1b1]
+    out = repeat_interleave_batch(x, 2, 3).flatten().tolist()
+    assert out == [0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3]
+
+
+def test_forward_features_pools_and_concatenates_last_blocks():
+    enc = build_encoder(tiny_cfg()).eval()
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(enc.forward_features(x), enc(x).mean(1))
+    assert enc.forward_features(x, num_last_blocks=2).shape == (2, 96)
