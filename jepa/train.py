@@ -372,8 +372,20 @@ def output_paths(cfg: JEPAConfig) -> dict[str, Path]:
 
 
 def save_state(cfg: JEPAConfig, models: Models, optimizer, step: int, epoch: int, mirror) -> None:
-    """Rank 0 writes the checkpoint (atomically) and mirrors it to S3 when configured."""
+    """Rank 0 writes the checkpoint (atomically) and mirrors it to S3 when configured.
+
+    Weights that went non-finite are never saved: the previous checkpoint stays the
+    last good one.
+    """
     path = output_paths(cfg)["checkpoint"]
+    params = [p.detach() for p in models.raw_encoder.parameters()] + [
+        p.detach() for p in models.raw_predictor.parameters()
+    ]
+    if not all(torch.isfinite(n) for n in torch._foreach_norm(params)):
+        raise NonFiniteLossError(
+            f"weights became non-finite at step {step}; not saving them. The last good "
+            f"checkpoint is {path}. Try a lower lr, clip_grad, or amp: none."
+        )
     ckpt.save_checkpoint(
         path,
         encoder=models.raw_encoder,
@@ -581,6 +593,8 @@ def diagnostics(
     """Collapse statistics on one batch (see `jepa.diagnostics.collapse_stats`)."""
     with autocast(cfg, device):
         h = models.target_encoder(batch.images.to(device))
+    if not torch.isfinite(h).all():
+        raise NonFiniteLossError("the target encoder produced non-finite features; stopping")
     return collapse_stats(F.layer_norm(h.float(), (h.size(-1),)), pred.float())
 
 

@@ -27,3 +27,11 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> tuple[str
 
     use_fake_aws_env(monkeypatch, s3_server.endpoint_url)
     return s3_server.endpoint_url, s3_server.create_bucket()
+
+
+@pytest.fixture(scope="session")
+def tiny_fmnist(tmp_path_factory: pytest.TempPathFactory):
+    """Root of a tiny Fashion-MNIST (128 train, 64 test images) in the real IDX format."""
+    from fmnist_data import write_tiny_fmnist
+
+    return write_tiny_fmnist(tmp_path_factory.mktemp("fmnist"))

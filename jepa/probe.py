@@ -1,0 +1,447 @@
+"""Linear-probe and k-NN evaluation of frozen features.
+
+Linear-probe protocol (`linear_probe`, both backends)
+-----------------------------------------------------
+1. Split the TRAINING features into a fit part and a held-out validation part: a
+   stratified `val_fraction` (default 10%) of every class, drawn with `seed`. A class with
+   a single example stays in the fit part.
+2. For every hyperparameter setting of the grid, standardise with the mean/std of the fit
+   part, train on the fit part, and score top-1 accuracy on the validation part. Choose the
+   best setting; ties go to the earliest grid entry.
+3. Refit on the whole training split (standardised with its own mean/std) with the chosen
+   setting.
+4. Evaluate once on the test split. The test split is read only here: the selection code
+   (`select_hyperparameters`) never receives it, so it cannot influence any choice.
+
+Backends:
+- ``sklearn``: multinomial `LogisticRegression` (L-BFGS, L2 penalty, `max_iter=1000`) after
+  a `StandardScaler`; the grid is the inverse regularisation strength C, by default 10
+  values log-spaced over [1e-4, 1e2]. Loads the training features into memory.
+- ``torch``: one `nn.Linear` on standardised features, cross-entropy, AdamW (no weight
+  decay on the bias) with a cosine learning-rate decay over `epochs` epochs of shuffled
+  mini-batches; the grid is learning rate × weight decay. Features are read `batch_size`
+  rows at a time, so memory-mapped arrays are never loaded whole; runs on CPU or GPU.
+
+Accuracies are fractions in [0, 1]. The metrics carry the protocol text under "protocol".
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from tqdm.auto import tqdm
+
+DEFAULT_C_GRID: tuple[float, ...] = tuple(np.logspace(-4, 2, 10).tolist())
+DEFAULT_LR_GRID: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+DEFAULT_WD_GRID: tuple[float, ...] = (0.0, 1e-3, 1e-1)
+BACKENDS = ("sklearn", "torch")
+CHUNK_ROWS = 4096  # rows per read when scoring or computing statistics
+
+# A fitted probe: features `(B, D)` → class scores `(B, C)`.
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+# ---- row access ---------------------------------------------------------------------------------
+
+
+class Rows:
+    """Some rows of a 2-D feature array (possibly memory-mapped), read on demand.
+
+    `rows=None` means all rows. Reads come back as float32 copies; callers pass sorted
+    positions so a memory map is read front to back.
+    """
+
+    def __init__(self, array: Any, rows: np.ndarray | None = None):
+        self.array = array
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.array) if self.rows is None else len(self.rows)
+
+    @property
+    def dim(self) -> int:
+        return int(self.array.shape[1])
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at sorted `positions` of this view → `(len(positions), D)` float32."""
+        index = positions if self.rows is None else self.rows[positions]
+        return np.asarray(self.array[index], dtype=np.float32)
+
+    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+        """Consecutive `(<= size, D)` float32 blocks covering the view in order."""
+        for start in range(0, len(self), size):
+            stop = min(start + size, len(self))
+            if self.rows is None:  # a copy: memory-mapped slices are read-only views
+                yield np.array(self.array[start:stop], dtype=np.float32)
+            else:
+                yield self.take(np.arange(start, stop))
+
+    def materialise(self) -> np.ndarray:
+        """The whole view in memory, `(len(self), D)` float32."""
+        return (
+            np.concatenate(list(self.chunks()))
+            if len(self)
+            else np.zeros((0, self.dim), np.float32)
+        )
+
+
+def stratified_holdout(
+    targets: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions `0..N-1` into sorted `(fit, val)` index arrays, `val_fraction` of each
+    class held out (rounded; at least one example of every class stays in the fit part)."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(targets, kind="stable")
+    _, starts, counts = np.unique(targets[order], return_index=True, return_counts=True)
+    val = []
+    for start, count in zip(starts, counts, strict=True):
+        members = rng.permutation(order[start : start + count])
+        val.append(members[: min(round(val_fraction * count), count - 1)])
+    val_idx = np.sort(np.concatenate(val))
+    if len(val_idx) == 0:
+        raise ValueError(
+            f"val_fraction={val_fraction} of {len(targets)} training examples holds out none; "
+            "use more training examples or a larger val_fraction"
+        )
+    fit_mask = np.ones(len(targets), dtype=bool)
+    fit_mask[val_idx] = False
+    return np.flatnonzero(fit_mask), val_idx
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+
+def predict_scores(scorer: Scorer, features: Rows) -> np.ndarray:
+    """Class scores `(N, C)` of every row, computed `CHUNK_ROWS` rows at a time."""
+    return np.concatenate([scorer(chunk) for chunk in features.chunks()])
+
+
+def top1_accuracy(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Fraction of rows whose highest score is the target class position."""
+    return float(np.mean(scores.argmax(1) == targets))
+
+
+def classification_metrics(scores: np.ndarray, targets: np.ndarray, num_classes: int) -> dict:
+    """top1, top5 (when `num_classes > 5`) and per-class accuracy (None for a class absent
+    from `targets`). `scores (N, C)`; `targets (N,)` class positions, -1 for unknown labels."""
+    metrics: dict[str, Any] = {"top1": top1_accuracy(scores, targets)}
+    if num_classes > 5:
+        top5 = np.argpartition(-scores, 4, axis=1)[:, :5]
+        metrics["top5"] = float(np.mean((top5 == targets[:, None]).any(1)))
+    hits = scores.argmax(1) == targets
+    metrics["per_class_accuracy"] = [
+        float(hits[targets == c].mean()) if np.any(targets == c) else None
+        for c in range(num_classes)
+    ]
+    return metrics
+
+
+def _positions(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Labels → positions in sorted `classes`; -1 for labels not among them."""
+    pos = np.searchsorted(classes, labels).clip(0, len(classes) - 1)
+    return np.where(classes[pos] == labels, pos, -1)
+
+
+# ---- sklearn backend ---------------------------------------------------------------------------
+
+
+def fit_sklearn(features: Rows, targets: np.ndarray, params: dict, *, seed: int = 0) -> Scorer:
+    """StandardScaler + multinomial L-BFGS logistic regression with `params["C"]`."""
+    pipeline = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(C=params["C"], max_iter=1000, random_state=seed),
+    )
+    pipeline.fit(features.materialise(), targets)
+    if len(pipeline.classes_) != targets.max() + 1:
+        raise ValueError("every class must appear in the fit part; see stratified_holdout")
+    return pipeline.decision_function
+
+
+# ---- torch backend ------------------------------------------------------------------------------
+
+
+def feature_moments(features: Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std `(D,)` (float64 sums over chunks; std floored at 1e-6)."""
+    total = np.zeros(features.dim)
+    squares = np.zeros(features.dim)
+    for chunk in features.chunks():
+        total += chunk.sum(0, dtype=np.float64)
+        squares += np.square(chunk, dtype=np.float64).sum(0)
+    mean = total / len(features)
+    std = np.sqrt(np.maximum(squares / len(features) - mean**2, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+class LinearScorer:
+    """`nn.Linear` on standardised features: `(B, D)` numpy → logits `(B, C)` numpy."""
+
+    def __init__(self, linear: nn.Linear, mean: np.ndarray, std: np.ndarray):
+        self.linear = linear
+        device = linear.weight.device
+        self.mean = torch.from_numpy(mean).to(device)
+        self.std = torch.from_numpy(std).to(device)
+
+    def standardise(self, x: np.ndarray) -> torch.Tensor:
+        return (torch.from_numpy(x).to(self.mean.device) - self.mean) / self.std
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.linear(self.standardise(x)).float().cpu().numpy()
+
+
+def fit_torch(
+    features: Rows,
+    targets: np.ndarray,
+    params: dict,
+    *,
+    seed: int = 0,
+    epochs: int = 30,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> Scorer:
+    """Train a zero-initialised linear layer with AdamW (`params["lr"]`,
+    `params["weight_decay"]`) and a per-step cosine decay; same batch order for every setting."""
+    scorer = LinearScorer(
+        nn.Linear(features.dim, int(targets.max()) + 1).to(device), *feature_moments(features)
+    )
+    nn.init.zeros_(scorer.linear.weight)
+    nn.init.zeros_(scorer.linear.bias)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [scorer.linear.weight], "weight_decay": params["weight_decay"]},
+            {"params": [scorer.linear.bias], "weight_decay": 0.0},
+        ],
+        lr=params["lr"],
+    )
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(features) / batch_size)
+    labels = torch.from_numpy(targets).to(device)
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(features), generator=generator).numpy()
+        for start in range(0, len(features), batch_size):
+            batch = np.sort(order[start : start + batch_size])
+            lr = 0.5 * params["lr"] * (1 + math.cos(math.pi * step / (epochs * steps_per_epoch)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = scorer.linear(scorer.standardise(features.take(batch)))
+            loss = F.cross_entropy(logits, labels[torch.from_numpy(batch).to(device)])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    return scorer
+
+
+# ---- protocol -----------------------------------------------------------------------------------
+
+
+def select_hyperparameters(
+    fit: Callable[[Rows, np.ndarray, dict], Scorer],
+    grid: Sequence[dict],
+    fit_part: tuple[Rows, np.ndarray],
+    val_part: tuple[Rows, np.ndarray],
+    *,
+    progress: bool = False,
+) -> tuple[dict, float, list[dict]]:
+    """Train on `fit_part` with every setting of `grid`, score top-1 on `val_part`.
+
+    Both parts come from the training split. Returns the best setting (ties: earliest),
+    its validation accuracy, and one `{**setting, "val_top1"}` record per setting.
+    """
+    history = []
+    for params in tqdm(grid, disable=not progress, desc="probe grid"):
+        scorer = fit(*fit_part, params)
+        history.append(
+            {**params, "val_top1": top1_accuracy(predict_scores(scorer, val_part[0]), val_part[1])}
+        )
+    best = max(range(len(grid)), key=lambda i: (history[i]["val_top1"], -i))
+    return dict(grid[best]), history[best]["val_top1"], history
+
+
+def evaluate_on_test(
+    scorer: Scorer, test_x: Any, test_y: Any, classes: np.ndarray
+) -> dict[str, Any]:
+    """The protocol's only read of the test split: metrics of the refitted probe."""
+    scores = predict_scores(scorer, Rows(test_x))
+    targets = _positions(np.asarray(test_y, dtype=np.int64), classes)
+    return classification_metrics(scores, targets, len(classes))
+
+
+def protocol_text(backend: str, grid: Sequence[dict], val_fraction: float, seed: int) -> str:
+    """One-paragraph description of the protocol as run, stored with the metrics."""
+    if backend == "sklearn":
+        model = "StandardScaler + multinomial logistic regression (L-BFGS, L2, max_iter=1000)"
+    else:
+        model = "standardised features + nn.Linear, cross-entropy, AdamW, cosine lr decay"
+    settings = "; ".join(", ".join(f"{k}={v:.3g}" for k, v in p.items()) for p in grid)
+    return (
+        f"{model}. Hyperparameters chosen from [{settings}] by top-1 accuracy on a stratified "
+        f"held-out {val_fraction:.0%} of the TRAINING split (seed {seed}; standardisation fitted "
+        "on the remaining training part); refit on the whole training split with the chosen "
+        "setting; evaluated once on the test split, which is never used for selection."
+    )
+
+
+def _grid(backend: str, c_grid: Iterable[float] | None, lr_grid, wd_grid) -> list[dict]:
+    if backend == "sklearn":
+        return [{"C": float(c)} for c in (c_grid if c_grid is not None else DEFAULT_C_GRID)]
+    lrs = lr_grid if lr_grid is not None else DEFAULT_LR_GRID
+    wds = wd_grid if wd_grid is not None else DEFAULT_WD_GRID
+    return [{"lr": float(lr), "weight_decay": float(wd)} for lr in lrs for wd in wds]
+
+
+def _check_shapes(train_x: Any, train_y: Any, test_x: Any, test_y: Any) -> None:
+    # Shapes only: reading the test values here would break the protocol's step 4.
+    if len(train_x.shape) != 2 or len(test_x.shape) != 2:
+        raise ValueError(
+            f"features must be (N, D); got train {train_x.shape} and test {test_x.shape}"
+        )
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"feature dims differ: train {train_x.shape}, test {test_x.shape}")
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise ValueError(
+            f"features and labels differ in length: train {len(train_x)} vs {len(train_y)}, "
+            f"test {len(test_x)} vs {len(test_y)}"
+        )
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    backend: str = "sklearn",
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    c_grid: Iterable[float] | None = None,
+    lr_grid: Iterable[float] | None = None,
+    wd_grid: Iterable[float] | None = None,
+    epochs: int = 30,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict:
+    """Linear-probe accuracy of `train_x (N, D)` / `test_x (M, D)` features (module docstring).
+
+    `c_grid` is the sklearn grid; `lr_grid`, `wd_grid`, `epochs`, `batch_size` and `device`
+    configure the torch backend. Returns top1, top5 (more than 5 classes), per_class_accuracy
+    (aligned with `classes`), hyperparameters, val_top1, selection, n_train, n_val, n_test,
+    feature_dim, num_classes, backend, protocol.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
+    _check_shapes(train_x, train_y, test_x, test_y)
+    train_y = np.asarray(train_y, dtype=np.int64)
+    classes = np.unique(train_y)
+    targets = np.searchsorted(classes, train_y)
+    fit_idx, val_idx = stratified_holdout(targets, val_fraction, seed)
+    if backend == "sklearn":
+        train_x = np.asarray(train_x, dtype=np.float32)  # L-BFGS needs it in memory anyway
+        fit = functools.partial(fit_sklearn, seed=seed)
+    else:
+        fit = functools.partial(
+            fit_torch, seed=seed, epochs=epochs, batch_size=batch_size, device=device
+        )
+    grid = _grid(backend, c_grid, lr_grid, wd_grid)
+    chosen, val_top1, history = select_hyperparameters(
+        fit,
+        grid,
+        (Rows(train_x, fit_idx), targets[fit_idx]),
+        (Rows(train_x, val_idx), targets[val_idx]),
+        progress=progress,
+    )
+    scorer = fit(Rows(train_x), targets, chosen)
+    return {
+        **evaluate_on_test(scorer, test_x, test_y, classes),
+        "classes": classes.tolist(),
+        "hyperparameters": chosen,
+        "val_top1": val_top1,
+        "selection": history,
+        "n_train": len(train_y),
+        "n_val": len(val_idx),
+        "n_test": len(test_y),
+        "feature_dim": int(train_x.shape[1]),
+        "num_classes": len(classes),
+        "backend": backend,
+        "protocol": protocol_text(backend, grid, val_fraction, seed),
+    }
+
+
+# ---- k-NN and the pixel baseline ----------------------------------------------------------------
+
+
+def _unit_rows(chunk: np.ndarray, device: torch.device) -> torch.Tensor:
+    return F.normalize(torch.from_numpy(chunk).to(device), dim=1)
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Weighted k-NN top-1 (DINO's protocol) of `test_x (M, D)` against `train_x (N, D)`.
+
+    Cosine similarity of L2-normalised features; the `k` most similar training rows vote for
+    their class with weight `exp(sim / temperature)`. The test features are held normalised
+    in memory `(M, D)`; training rows stream in `batch_size` chunks, keeping a running top-k.
+    """
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"need k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+    device = torch.device(device)
+    train_y = np.asarray(train_y, dtype=np.int64)
+    classes = np.unique(train_y)
+    train_targets = torch.from_numpy(np.searchsorted(classes, train_y)).to(device)
+    k = min(k, len(train_y))
+    test = torch.cat([_unit_rows(c, device) for c in Rows(test_x).chunks(batch_size)])
+    top_sim = torch.full((len(test), k), -math.inf, device=device)
+    top_idx = torch.zeros((len(test), k), dtype=torch.long, device=device)
+    for start, chunk in enumerate(Rows(train_x).chunks(batch_size)):
+        chunk = _unit_rows(chunk, device)
+        offset = start * batch_size
+        for t in range(0, len(test), batch_size):
+            sims = torch.cat([top_sim[t : t + batch_size], test[t : t + batch_size] @ chunk.T], 1)
+            new_idx = torch.arange(offset, offset + len(chunk), device=device)
+            idx = torch.cat([top_idx[t : t + batch_size], new_idx.expand(len(sims), -1)], 1)
+            top_sim[t : t + batch_size], best = sims.topk(k, dim=1)
+            top_idx[t : t + batch_size] = idx.gather(1, best)
+    votes = torch.zeros((len(test), len(classes)), device=device)
+    votes.scatter_add_(1, train_targets[top_idx], (top_sim / temperature).exp())
+    predicted = classes[votes.argmax(1).cpu().numpy()]
+    top1 = float(np.mean(predicted == np.asarray(test_y, dtype=np.int64)))
+    return {"knn_top1": top1, "k": k, "temperature": temperature}
+
+
+def pixel_features(loader: Iterable) -> tuple[np.ndarray, np.ndarray]:
+    """Raw-pixel baseline: the loader's (normalised) images flattened → `(N, C*H*W)` float32,
+    labels `(N,)` int64. `None` batches (every item unreadable) are skipped."""
+    features, labels = [], []
+    for batch in loader:
+        if batch is None:
+            continue
+        images, ys = batch[0], batch[1]
+        features.append(torch.as_tensor(images).flatten(1).float().numpy())
+        labels.append(torch.as_tensor(ys).long().numpy())
+    if not features:
+        raise ValueError("the loader yielded no images; check the dataset and its split")
+    return np.concatenate(features), np.concatenate(labels)

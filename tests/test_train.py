@@ -1,0 +1,189 @@
+"""Pretraining: it learns, resumes exactly (also after a hard kill), runs under DDP,
+stops on a non-finite loss, and refuses another experiment's checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from jepa import checkpoint as ckpt
+from jepa.config import JEPAConfig
+from jepa.train import NonFiniteLossError, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(data: Path, out: Path, **kw) -> JEPAConfig:
+    base = dict(
+        root_path=str(data),
+        image_size=28,
+        patch_size=7,
+        model="custom",
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        pred_embed_dim=16,
+        pred_depth=1,
+        pred_num_heads=2,
+        batch_size=16,
+        subset=64,
+        epochs=2,
+        warmup_epochs=1,
+        num_workers=0,
+        progress=False,
+        output_dir=str(out),
+        checkpoint_every=1,
+        log_every=1,
+        diagnostics_every=2,
+        min_keep=2,
+    )
+    return JEPAConfig.preset("fmnist-tiny").replace(**{**base, **kw})
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    state = ckpt.load_checkpoint(out / "checkpoints" / "latest.pt")
+    return {
+        f"{part}.{k}": v
+        for part in ("encoder", "predictor", "target_encoder")
+        for k, v in state[part].items()
+    }
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def metric_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_fmnist, tmp_path_factory):
+    """One uninterrupted 8-step run that the other tests compare against."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = pretrain(tiny_cfg(tiny_fmnist, out))
+    return out, summary
+
+
+def test_run_writes_its_outputs_and_the_loss_falls(reference_run):
+    out, summary = reference_run
+    assert summary["steps"] == 8 and summary["epochs"] == 2.0
+    assert (out / "encoder" / "encoder.safetensors").exists()
+    losses = [r["loss"] for r in metric_rows(out) if "loss" in r]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert any("effective_rank" in r for r in metric_rows(out))
+    encoder = ckpt.load_encoder(out / "encoder")
+    assert encoder.forward_features(torch.zeros(2, 1, 28, 28)).shape == (2, 32)
+
+
+def test_target_encoder_gets_no_gradient_and_moves_by_ema(reference_run):
+    out, _ = reference_run
+    state = ckpt.load_checkpoint(out / "checkpoints" / "latest.pt")
+    moved = [
+        not torch.equal(state["encoder"][k], state["target_encoder"][k]) for k in state["encoder"]
+    ]
+    assert any(moved)  # EMA lags the context encoder
+    opt_params = sum(len(g["params"]) for g in state["optimizer"]["param_groups"])
+    trainable = len(state["encoder"]) + len(state["predictor"])
+    assert opt_params == trainable  # the optimizer holds no target-encoder tensor
+
+
+def test_resume_mid_epoch_is_exact(reference_run, tiny_fmnist, tmp_path):
+    ref, _ = reference_run
+    cfg = tiny_cfg(tiny_fmnist, tmp_path)
+    pretrain(cfg.replace(max_steps=3))  # stops mid-epoch 1
+    assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == 3
+    pretrain(cfg)
+    assert_same_weights(ref, tmp_path)
+    steps = [r["step"] for r in metric_rows(tmp_path) if "loss" in r]
+    assert steps == list(range(1, 9))  # no duplicated or missing rows after resume
+
+
+def test_resume_after_a_hard_kill_is_exact(reference_run, tiny_fmnist, tmp_path):
+    ref, _ = reference_run
+    cfg = tiny_cfg(tiny_fmnist, tmp_path)
+    config_file = tmp_path / "config.yaml"
+    import yaml
+
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    cmd = [sys.executable, "-m", "jepa.train", "--config", str(config_file)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and ckpt.load_checkpoint(latest)["step"] >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # no cleanup, like a lost node
+    proc.wait()
+    killed_at = ckpt.load_checkpoint(latest)["step"]
+    assert 5 <= killed_at < 8
+    pretrain(cfg)
+    assert_same_weights(ref, tmp_path)
+
+
+def test_checkpoint_of_another_experiment_is_refused(reference_run, tiny_fmnist, tmp_path):
+    cfg = tiny_cfg(tiny_fmnist, tmp_path)
+    pretrain(cfg.replace(max_steps=1))
+    with pytest.raises(ckpt.CheckpointError, match="lr"):
+        pretrain(cfg.replace(lr=5e-3))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_fmnist, tmp_path):
+    cfg = tiny_cfg(tiny_fmnist, tmp_path, max_steps=2)
+    pretrain(cfg)
+    path = tmp_path / "checkpoints" / "latest.pt"
+    good = weights(tmp_path)
+    # Poison Adam's second moments: the next update turns the weights into NaN.
+    state = ckpt.load_checkpoint(path)
+    for slot in state["optimizer"]["state"].values():
+        slot["exp_avg_sq"].fill_(-1.0)
+    torch.save(state, path)
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        pretrain(cfg.replace(max_steps=None))
+    assert ckpt.load_checkpoint(path)["step"] == 2
+    for key, value in weights(tmp_path).items():
+        assert torch.equal(value, good[key]), key
+
+
+def test_two_ddp_processes_match_one_process(tiny_fmnist, tmp_path):
+    """2 gloo ranks with batch 8 each == 1 process with batch 16.
+
+    Random masking keeps every sample's mask a function of its index alone; multi-block
+    masks share one block size per (local) batch, so they differ with the batch split.
+    """
+    cfg = tiny_cfg(tiny_fmnist, tmp_path / "single", mask_strategy="random", epochs=1)
+    pretrain(cfg)
+    config_file = tmp_path / "ddp.yaml"
+    import yaml
+
+    config_file.write_text(yaml.safe_dump(cfg.replace(output_dir=str(tmp_path / "ddp")).to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "jepa.train",
+        "--config",
+        str(config_file),
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single, ddp = weights(tmp_path / "single"), weights(tmp_path / "ddp")
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
