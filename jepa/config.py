@@ -173,7 +173,9 @@ class JEPAConfig:
             values.pop(key)
         name = values.get("model")
         if name in MODEL_SIZES:
-            for key, size in zip(("embed_dim", "depth", "num_heads"), MODEL_SIZES[name], strict=True):
+            for key, size in zip(
+                ("embed_dim", "depth", "num_heads"), MODEL_SIZES[name], strict=True
+            ):
                 values.setdefault(key, size)
         cfg = cls.__new__(cls)
         for f in fields(cls):
@@ -217,14 +219,15 @@ class JEPAConfig:
 
     # ---- validation ---------------------------------------------------------
     def validate(self) -> JEPAConfig:
-        """Check ranges and cross-field rules; raise `ConfigError` naming the field."""
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("mask_strategy", self.mask_strategy, MASK_STRATEGIES)
-        _choice("loss", self.loss, LOSSES)
-        _choice("ema_schedule", self.ema_schedule, EMA_SCHEDULES)
-        _choice("amp", self.amp, AMP_MODES)
-        _choice("probe_backend", self.probe_backend, PROBE_BACKENDS)
-        _choice("corrupt_images", self.corrupt_images, CORRUPT_POLICIES)
+        """Check choices, sizes and ranges; raise `ConfigError` naming the field."""
+        self._validate_choices()
+        self._validate_sizes()
+        self._validate_ranges()
+        return self
+
+    def _validate_choices(self) -> None:
+        for name, allowed in _CHOICES.items():
+            _choice(name, getattr(self, name), allowed)
         if self.model != "custom":
             _choice("model", self.model, (*MODEL_SIZES, "custom"))
             want = MODEL_SIZES[self.model]
@@ -234,48 +237,29 @@ class JEPAConfig:
                     f"model={self.model!r} means embed_dim/depth/num_heads={want}, but the config "
                     f"has {have}; set model='custom' to use your own sizes"
                 )
-        for name in (
-            "image_size",
-            "patch_size",
-            "in_chans",
-            "embed_dim",
-            "depth",
-            "num_heads",
-            "pred_embed_dim",
-            "pred_depth",
-            "pred_num_heads",
-            "batch_size",
-            "epochs",
-            "accum_iter",
-            "num_enc_masks",
-            "num_pred_masks",
-            "min_keep",
-            "knn_k",
-            "eval_batch_size",
-            "log_every",
-            "diagnostics_every",
-            "checkpoint_every",
-            "probe_last_blocks",
-        ):
+
+    def _validate_sizes(self) -> None:
+        for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_size % self.patch_size:
-            raise ConfigError(
-                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
-            )
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(
-                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
-            )
-        if self.pred_embed_dim % self.pred_num_heads:
-            raise ConfigError(
-                f"pred_embed_dim={self.pred_embed_dim} is not divisible by "
-                f"pred_num_heads={self.pred_num_heads}"
-            )
+        for name in ("subset", "max_steps", "probe_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
+        for whole, part in (
+            ("image_size", "patch_size"),
+            ("embed_dim", "num_heads"),
+            ("pred_embed_dim", "pred_num_heads"),
+        ):
+            if getattr(self, whole) % getattr(self, part):
+                raise ConfigError(
+                    f"{whole}={getattr(self, whole)} is not a multiple of {part}={getattr(self, part)}"
+                )
         if self.probe_last_blocks > self.depth:
             raise ConfigError(
                 f"probe_last_blocks={self.probe_last_blocks} exceeds depth={self.depth}"
             )
+
+    def _validate_ranges(self) -> None:
         for name in ("enc_mask_scale", "pred_mask_scale", "crop_scale"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
@@ -289,15 +273,15 @@ class JEPAConfig:
         if not 0 < self.mask_ratio < 1:
             raise ConfigError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.lr <= 0 or self.min_lr < 0 or self.start_lr < 0:
-            raise ConfigError(f"lr must be > 0 and start_lr, min_lr >= 0 (lr={self.lr})")
-        if self.warmup_epochs < 0 or self.weight_decay < 0 or self.drop_path_rate < 0:
-            raise ConfigError("warmup_epochs, weight_decay and drop_path_rate must be >= 0")
-        for name in ("subset", "max_steps", "probe_subset"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
+            raise ConfigError(
+                f"lr must be > 0 and start_lr, min_lr >= 0 (lr={self.lr}, "
+                f"start_lr={self.start_lr}, min_lr={self.min_lr})"
+            )
+        for name in ("warmup_epochs", "weight_decay", "drop_path_rate"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_uri is not None and not self.checkpoint_uri.startswith("s3://"):
             raise ConfigError(f"checkpoint_uri must start with s3://, got {self.checkpoint_uri!r}")
-        return self
 
     # ---- derived values (computed, never stored) ------------------------------
     @property
@@ -355,6 +339,40 @@ RUNTIME_FIELDS = frozenset(
 )
 
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(JEPAConfig)
+
+_CHOICES = {
+    "dataset": DATASETS,
+    "mask_strategy": MASK_STRATEGIES,
+    "loss": LOSSES,
+    "ema_schedule": EMA_SCHEDULES,
+    "amp": AMP_MODES,
+    "probe_backend": PROBE_BACKENDS,
+    "corrupt_images": CORRUPT_POLICIES,
+}
+
+_POSITIVE_INTS = (
+    "image_size",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "pred_embed_dim",
+    "pred_depth",
+    "pred_num_heads",
+    "batch_size",
+    "epochs",
+    "accum_iter",
+    "num_enc_masks",
+    "num_pred_masks",
+    "min_keep",
+    "knn_k",
+    "eval_batch_size",
+    "log_every",
+    "diagnostics_every",
+    "checkpoint_every",
+    "probe_last_blocks",
+)
 
 
 def _choice(name: str, value: str, allowed: typing.Iterable[str]) -> None:
