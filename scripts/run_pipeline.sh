@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"  # dvc.yaml runs `python` and `torchrun` from the venv
 start=$(date +%s)
 .venv/bin/dvc repro "$@"
 echo "==> pipeline finished in $(( $(date +%s) - start )) s; results table:"
