@@ -1,0 +1,343 @@
+"""The DVC pipeline: dvc.yaml's declarations, the pretrain stage's resume policy, the
+dvclive adapter, and the whole pipeline end to end with the real `dvc`, `git`, `torchrun`
+and an S3 protocol server on loopback, on tiny Fashion-MNIST files made by the tests."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jepa.config import JEPAConfig
+from jepa.live import LiveLogger
+from jepa.storage import StorageError, run_dvc
+
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ("dvc.yaml", "conf", "pipelines", "jepa", ".dvcignore")
+DVC_TIMEOUT_S = 300
+# Tiny but complete: 128 train images, batch 32, 2 epochs = 8 optimizer steps.
+TINY = ("debug=tiny", "epochs=2")
+
+
+def dvc_yaml() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def stage_paths(stage: dict) -> set[str]:
+    declared = set(stage.get("deps", []))
+    for key in ("outs", "metrics", "plots"):
+        for entry in stage.get(key, []):
+            declared |= set(entry) if isinstance(entry, dict) else {entry}
+    return declared
+
+
+# ---- dvc.yaml ------------------------------------------------------------------------------
+
+
+def test_pretrain_tracks_every_training_field() -> None:
+    """A parameter left out would let an experiment reuse another config's encoder."""
+    params = set(dvc_yaml()["stages"]["pretrain"]["params"])
+    missing = set(JEPAConfig().training_fields()) | {"max_steps", "nproc"}
+    assert missing - params == set()
+
+
+def test_stage_params_exist_and_every_stage_depends_on_the_library() -> None:
+    composed = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, stage in dvc_yaml()["stages"].items():
+        assert set(stage.get("params", [])) <= set(composed), name
+        assert "jepa" in stage["deps"] and "pipelines/common.py" in stage["deps"], name
+        assert f"pipelines/{name}.py" in stage["deps"], name
+
+
+def test_baselines_ignore_training_parameters() -> None:
+    params = set(dvc_yaml()["stages"]["baselines"]["params"])
+    assert params.isdisjoint({"lr", "epochs", "batch_size", "subset", "weight_decay", "ema"})
+    assert "pretrain/encoder" not in dvc_yaml()["stages"]["baselines"]["deps"]
+
+
+def test_every_path_on_a_command_line_is_declared() -> None:
+    """Paths are written once, in dvc.yaml: a stage reads or writes nothing undeclared."""
+    for name, stage in dvc_yaml()["stages"].items():
+        tokens = shlex.split(stage["cmd"])
+        script_args = tokens[tokens.index("-m") + 2 :]
+        paths = {v for flag, v in itertools.pairwise(script_args) if flag.startswith("--")}
+        declared = stage_paths(stage) | {"params.yaml"}
+        for path in paths:  # a file, or a directory whose declared parts lie under it
+            assert path in declared or any(d.startswith(f"{path}/") for d in declared), (name, path)
+
+
+def test_persistent_outputs_are_exactly_the_resume_state() -> None:
+    outs = dvc_yaml()["stages"]["pretrain"]["outs"]
+    persistent = {p for o in outs if isinstance(o, dict) for p, v in o.items() if v.get("persist")}
+    assert persistent == {"pretrain/checkpoints", "pretrain/metrics.jsonl", "pretrain/dvclive"}
+
+
+# ---- dvclive adapter -----------------------------------------------------------------------
+
+
+def tsv_steps(path: Path) -> list[int]:
+    with open(path, newline="") as f:
+        return [int(row["step"]) for row in csv.DictReader(f, delimiter="\t")]
+
+
+def log_rows(live_dir: Path, steps: range) -> None:
+    with LiveLogger(live_dir) as live:
+        for step in steps:
+            live({"step": step, "epoch": step / 4, "loss": 1.0 / step, "lr": 1e-3})
+            if step % 2 == 0:
+                live({"step": step, "effective_rank": float(step), "target_std": 0.5})
+
+
+def test_live_logger_resume_never_duplicates_a_step(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no DVC repo around: dvclive runs stand-alone
+    live_dir = tmp_path / "dvclive"
+    log_rows(live_dir, range(1, 7))  # crashed after step 6, checkpoint at step 4
+    log_rows(live_dir, range(5, 9))  # the resumed run replays 5 and 6
+    metrics = live_dir / "plots" / "metrics"
+    assert tsv_steps(metrics / "loss.tsv") == list(range(1, 9))
+    assert tsv_steps(metrics / "effective_rank.tsv") == [2, 4, 6, 8]
+    assert not (metrics / "epoch.tsv").exists()  # summary only
+    summary = json.loads((live_dir / "metrics.json").read_text())
+    assert summary["step"] == 8 and summary["loss"] == pytest.approx(1 / 8)
+    assert summary["epoch"] == 2.0
+
+    log_rows(live_dir, range(1, 3))  # a fresh run starts at step 1: nothing old survives
+    assert tsv_steps(metrics / "loss.tsv") == [1, 2]
+    assert tsv_steps(metrics / "effective_rank.tsv") == [2]
+
+
+# ---- helpers for runs ------------------------------------------------------------------------
+
+
+def tool_env() -> dict[str, str]:
+    """This interpreter's bin first (python, torchrun, dvc), no analytics, fixed git identity."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    for who in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{who}_NAME"] = "jepa tests"
+        env[f"GIT_{who}_EMAIL"] = "tests@example.invalid"
+    return env
+
+
+def run(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        args, cwd=cwd, env=kw.pop("env", tool_env()), capture_output=True, text=True,
+        timeout=DVC_TIMEOUT_S, **kw,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_dvc(list(args), cwd=repo, env=tool_env(), timeout=DVC_TIMEOUT_S)
+
+
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return run(["git", *args], repo)
+
+
+def compose(repo: Path, overrides: list[str]) -> None:
+    run([sys.executable, "-m", "pipelines.compose", *overrides], repo)
+
+
+def make_repo(path: Path, overrides: list[str]) -> Path:
+    """A git + DVC repository holding this project's pipeline, params composed from conf/."""
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, path / name)
+    dvc(path, "init", "-q")
+    shutil.copy2(REPO / ".dvc" / "config", path / ".dvc" / "config")  # [hydra] enabled
+    compose(path, overrides)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "pipeline")
+    return path
+
+
+def exp_revs(shown: list[dict]) -> Iterator[tuple[str, dict]]:
+    """(name, data) for the workspace, each commit and each experiment in `dvc exp show --json`."""
+    for entry in shown:
+        yield entry.get("name") or entry["rev"], entry["data"]
+        for exp in entry.get("experiments") or []:
+            for rev in exp["revs"]:
+                yield rev.get("name") or rev["rev"], rev["data"]
+
+
+def lock_md5(repo: Path, stage: str, path: str) -> str:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == path)
+
+
+# ---- the pretrain stage's resume policy -----------------------------------------------------
+
+
+def pretrain_stage(work: Path, *, crash_at: int | None = None, tag: str = "") -> str:
+    """Run `python -m pipelines.pretrain` (no torchrun) in `work`; return its log."""
+    env = tool_env()
+    env["PYTHONPATH"] = str(REPO)
+    if crash_at is not None:
+        env.update(
+            JEPA_CRASH_AT_STEP=str(crash_at), JEPA_CRASH_ONCE_FILE=str(work / f"crashed{tag}")
+        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.pretrain", "--params", "params.yaml",
+         "--manifest", "manifest.json", "--out", "pretrain", "--live", "pretrain/dvclive"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=DVC_TIMEOUT_S,
+    )  # fmt: skip
+    crashed = crash_at is not None and proc.returncode == 17
+    if proc.returncode != 0 and not crashed:
+        raise AssertionError(f"pretrain stage failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stderr
+
+
+def write_params(work: Path, overrides: list[str]) -> None:
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(work / "params.yaml", str(REPO / "conf"), None, "config", str(work), overrides)
+
+
+@pytest.mark.slow
+def test_pretrain_stage_resumes_its_own_run_and_restarts_anything_else(
+    tmp_path: Path, tiny_fmnist: Path
+) -> None:
+    work = tmp_path / "stage"
+    work.mkdir()
+    (work / "manifest.json").write_text('{"data": "tiny"}\n')
+    base = [*TINY, f"root_path={tiny_fmnist}"]
+    run_json = work / "pretrain" / "checkpoints" / "run.json"
+    loss_tsv = work / "pretrain" / "dvclive" / "plots" / "metrics" / "loss.tsv"
+
+    write_params(work, base)
+    pretrain_stage(work, crash_at=6)  # checkpoint at step 4, killed after step 6
+    assert (work / "crashed").read_text() == "6"
+    assert json.loads(run_json.read_text())["finished"] is False
+    log = pretrain_stage(work, crash_at=6)
+    assert "resuming: unfinished run of the same config" in log
+    assert tsv_steps(loss_tsv) == list(range(1, 9))
+    rows = [
+        json.loads(line) for line in (work / "pretrain" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert json.loads(run_json.read_text())["finished"] is True
+    assert not (work / "pretrain" / "checkpoints" / "latest.pt").exists()
+    resumed = json.loads((work / "pretrain" / "summary.json").read_text())
+
+    # Another experiment leaves an unfinished checkpoint of its own config behind ...
+    write_params(work, [*base, "lr=5e-3"])
+    pretrain_stage(work, crash_at=6, tag="-other")
+    assert (work / "crashed-other").exists()
+    assert (work / "pretrain" / "checkpoints" / "latest.pt").exists()
+    # ... which the first config must not resume, nor crash on.
+    write_params(work, base)
+    log = pretrain_stage(work)
+    assert "starting at step 0" in log and "belongs to another run (config_hash" in log
+    assert tsv_steps(loss_tsv) == list(range(1, 9))
+    fresh = json.loads((work / "pretrain" / "summary.json").read_text())
+    # Exact resume: the interrupted-and-resumed run equals an uninterrupted one.
+    assert fresh["final_loss"] == resumed["final_loss"]
+    assert fresh["config_hash"] == resumed["config_hash"]
+
+
+# ---- end to end --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pipeline_repro_experiment_plots_push_and_pull(
+    tmp_path: Path, tiny_fmnist: Path, s3_bucket: tuple[str, str]
+) -> None:
+    endpoint_url, bucket = s3_bucket
+    # Pretrain on 64 of the 128 images (2 epochs of 2 steps); evaluate on all of them.
+    overrides = [*TINY, "subset=64", f"root_path={tiny_fmnist}"]
+    repo = make_repo(tmp_path / "repo", overrides)
+
+    # 1. The whole pipeline.
+    dvc(repo, "repro")
+    table = (repo / "results" / "results.md").read_text()
+    for row in ("pretrained", "raw pixels", "random init"):
+        assert row in table
+    assert tsv_steps(repo / "pretrain/dvclive/plots/metrics/loss.tsv") == [1, 2, 3, 4]
+    features = json.loads((repo / "features/pretrained/features.json").read_text())
+    assert features["splits"]["train"]["features_shape"][0] == 128
+    baselines = json.loads((repo / "eval/random.json").read_text())
+    assert baselines["n_train"] == 128 and baselines["n_test"] == 64
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first run")
+    baselines_md5 = lock_md5(repo, "baselines", "eval/pixels.json")
+
+    # 2. An lr experiment: DVC recomposes params.yaml from conf/ with the -S overrides.
+    sets = [arg for o in [*overrides, "lr=5e-3"] for arg in ("-S", o)]
+    out = dvc(repo, "exp", "run", "--name", "lr5e-3", *sets).stdout
+    assert yaml.safe_load((repo / "params.yaml").read_text())["lr"] == 5e-3
+    assert "Stage 'baselines' didn't change" in out  # no training param: reused
+    assert lock_md5(repo, "baselines", "eval/pixels.json") == baselines_md5
+    shown = dict(exp_revs(json.loads(dvc(repo, "exp", "show", "--json").stdout)))
+    first, second = shown["main"], shown["lr5e-3"]
+    summaries = [d["metrics"]["pretrain/summary.json"]["data"] for d in (first, second)]
+    assert summaries[0]["final_loss"] != summaries[1]["final_loss"]
+    assert summaries[0]["config_hash"] != summaries[1]["config_hash"]
+    for data in (first, second):
+        assert 0 <= data["metrics"]["metrics/probe.json"]["data"]["pretrained"]["top1"] <= 1
+        assert "knn_top1" in data["metrics"]["metrics/baselines.json"]["data"]["pixels"]
+    lrs = [d["params"]["params.yaml"]["data"]["lr"] for d in (first, second)]
+    assert lrs == [pytest.approx(1e-3), pytest.approx(5e-3)]
+
+    # 3. Plots: dvclive's per-step series through `dvc plots show`.
+    plots = json.loads(dvc(repo, "plots", "show", "--json").stdout)["data"]
+    for name in ("loss", "lr", "momentum", "effective_rank"):
+        (spec,) = plots[f"pretrain/dvclive/plots/metrics/{name}.tsv"]
+        values = spec["content"]["data"]["values"]
+        assert [int(v["step"]) for v in values][:2] == [1, 2] and name in values[0]
+
+    # 4. Push to S3, pull into a fresh clone: the same results, byte for byte.
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "lr experiment")
+    dvc(repo, "remote", "add", "-d", "storage", f"s3://{bucket}/dvc")
+    dvc(repo, "remote", "modify", "storage", "endpointurl", endpoint_url)
+    git(repo, "commit", "-q", "-am", "remote")
+    assert "pushed" in dvc(repo, "push").stdout
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert not (clone / "results").exists()
+    dvc(clone, "pull")
+    for name in ("results.md", "results.csv", "results.png"):
+        assert (clone / "results" / name).read_bytes() == (repo / "results" / name).read_bytes()
+    assert (clone / "pretrain/encoder/encoder.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_push_to_an_unreachable_endpoint_fails_with_a_clear_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3server import closed_port_url, use_fake_aws_env
+
+    url = closed_port_url()
+    use_fake_aws_env(monkeypatch, url)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    (repo / "data.txt").write_text("something to push\n")
+    dvc(repo, "add", "data.txt")
+    dvc(repo, "remote", "add", "-d", "storage", "s3://unreachable-bucket/dvc")
+    dvc(repo, "remote", "modify", "storage", "endpointurl", url)
+    with pytest.raises(StorageError) as info:
+        dvc(repo, "push")
+    message = str(info.value)
+    assert "`dvc push`" in message and "failed" in message
+    assert "Could not connect to the endpoint URL" in message and url in message
