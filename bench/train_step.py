@@ -98,7 +98,9 @@ def run_variant(cfg: JEPAConfig, env: DistEnv, steps: int, warmup: int) -> dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="fmnist-tiny", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -114,19 +116,27 @@ def main() -> None:
     cfg = JEPAConfig.preset(args.preset, **overrides)
     device = resolve_device(args.device)
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
-    print(f"preset={args.preset} batch={cfg.batch_size} grid={cfg.grid_size}x{cfg.grid_size} "
-          f"encoder={cfg.embed_dim}/{cfg.depth}/{cfg.num_heads} device={device} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(
+        f"preset={args.preset} batch={cfg.batch_size} grid={cfg.grid_size}x{cfg.grid_size} "
+        f"encoder={cfg.embed_dim}/{cfg.depth}/{cfg.num_heads} device={device} "
+        f"threads={torch.get_num_threads()} torch={torch.__version__}"
+    )
     results = {"jepa": run_variant(cfg, env, args.steps, args.warmup)}
     with official_style():
         results["baseline"] = run_variant(cfg, env, args.steps, args.warmup)
     base = results["baseline"]["collate_ms"] + results["baseline"]["model_ms"]
-    print(f"| variant  | collate ms | model ms | collate % | images/s | peak MB | speed vs baseline |")
-    print(f"|----------|-----------:|---------:|----------:|---------:|--------:|------------------:|")
+    print(
+        "| variant  | collate ms | model ms | collate % | images/s | peak MB | speed vs baseline |"
+    )
+    print(
+        "|----------|-----------:|---------:|----------:|---------:|--------:|------------------:|"
+    )
     for name, r in results.items():
         ratio = base / (r["collate_ms"] + r["model_ms"])
-        print(f"| {name:<8} | {r['collate_ms']:10.2f} | {r['model_ms']:8.1f} | {100 * r['collate_share']:8.1f}% "
-              f"| {r['images_per_s']:8.1f} | {r['peak_mb']:7.0f} | {ratio:16.2f}x |")
+        print(
+            f"| {name:<8} | {r['collate_ms']:10.2f} | {r['model_ms']:8.1f} | {100 * r['collate_share']:8.1f}% "
+            f"| {r['images_per_s']:8.1f} | {r['peak_mb']:7.0f} | {ratio:16.2f}x |"
+        )
     assert F.scaled_dot_product_attention is not naive_attention  # restored
 
 

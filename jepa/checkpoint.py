@@ -405,7 +405,9 @@ def export_encoder(encoder: nn.Module, out_dir: Path, *, meta: dict | None = Non
     grid = encoder.grid_size
     if not _same_table(table, sincos_pos_embed_2d(encoder.embed_dim, grid)[None]):
         tensors["pos_embed"] = table.contiguous()  # e.g. an official table: keep it exactly
-    metadata = {"format": "pt", "model_args": json.dumps(args)}
+    # One metadata key: safetensors stores the header map in no fixed order, and two keys
+    # made identical weights produce different bytes (DVC then reruns everything after).
+    metadata = {"model_args": json.dumps(args, sort_keys=True)}
     _atomic_write(out_dir / ENCODER_WEIGHTS, lambda tmp: save_safetensors(tensors, tmp, metadata))
     _atomic_write(out_dir / ENCODER_INFO, lambda tmp: tmp.write_text(info + "\n"))
     return out_dir

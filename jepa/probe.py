@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -166,8 +168,16 @@ def fit_sklearn(features: Rows, targets: np.ndarray, params: dict, *, seed: int 
     )
     # One BLAS thread: L-BFGS on probe-sized problems is latency-bound, and letting
     # OpenBLAS spread each small product over busy cores made fits ~10x slower here.
-    with threadpool_limits(1):
+    with threadpool_limits(1), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
         pipeline.fit(features.materialise(), targets)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        # One line instead of sklearn's multi-line advice; the fit is still usable.
+        warnings.warn(
+            f"L-BFGS stopped at max_iter=500 before converging (C={params['C']:g})",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     if len(pipeline.classes_) != targets.max() + 1:
         raise ValueError("every class must appear in the fit part; see stratified_holdout")
     return pipeline.decision_function

@@ -31,6 +31,7 @@ from jepa.config import JEPAConfig
 from jepa.data import DatasetNotFoundError
 from jepa.live import LiveLogger
 from jepa.prepare import sha256_file
+from jepa.storage import CheckpointMirror
 from jepa.train import output_paths, pretrain
 from pipelines.common import load_params, run_main, write_json
 
@@ -50,7 +51,7 @@ def resume_decision(cfg: JEPAConfig, identity: dict[str, str]) -> tuple[bool, st
     if not cfg.resume:
         return False, "resume is false"
     if not checkpoint.exists():
-        return False, "no checkpoint"
+        return _mirror_decision(cfg, identity)
     if not state_file.is_file():
         return False, f"{checkpoint} has no {RUN_STATE}: not written by this stage"
     state = json.loads(state_file.read_text())
@@ -60,6 +61,22 @@ def resume_decision(cfg: JEPAConfig, identity: dict[str, str]) -> tuple[bool, st
         if state.get(key) != value:
             return False, f"{checkpoint} belongs to another run ({key} {state.get(key)} != {value})"
     return True, f"unfinished run of the same config (hash {identity['config_hash']})"
+
+
+def _mirror_decision(cfg: JEPAConfig, identity: dict[str, str]) -> tuple[bool, str]:
+    """No local checkpoint: resume from the S3 mirror when it holds this config's run
+    (a job restarted on another node); the library pulls it."""
+    if cfg.checkpoint_uri is None:
+        return False, "no checkpoint"
+    latest = CheckpointMirror(cfg.checkpoint_uri).latest()
+    if latest is None:
+        return False, f"no checkpoint, locally or under {cfg.checkpoint_uri}"
+    if latest.get("config_hash") != identity["config_hash"]:
+        return (
+            False,
+            f"{cfg.checkpoint_uri} holds another config's run ({latest.get('config_hash')})",
+        )
+    return True, f"resuming from {cfg.checkpoint_uri} at step {latest['step']}"
 
 
 def clear_previous_run(cfg: JEPAConfig, live_dir: Path) -> None:

@@ -25,7 +25,21 @@ GROUPS = ("dataset", "model", "experiment", "debug")
 PATH_FIELDS = {"output_dir", "read_checkpoint"}
 # experiment name -> (preset name, keys the pipeline's experiment sets on purpose)
 EXPERIMENT_PRESETS = {
-    "fmnist_tiny": ("fmnist-tiny", {"subset", "epochs", "probe_subset"}),
+    "fmnist_tiny": (
+        "fmnist-tiny",
+        {
+            "subset",
+            "epochs",
+            "probe_subset",
+            "probe_last_blocks",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "pred_embed_dim",
+            "pred_depth",
+            "pred_num_heads",
+        },
+    ),
     "seed_vitb16": ("seed-vitb16", set()),
     "in1k_vith14_ep300": ("in1k-vith14-ep300", set()),
 }

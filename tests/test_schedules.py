@@ -103,7 +103,9 @@ def test_collapse_monitor_warns_only_on_collapse():
     healthy = collapse_stats(torch.randn(32, 10, 16), torch.randn(64, 5, 16))
     assert monitor.check(healthy) is None
     assert (
-        CollapseMonitor().check(collapse_stats(torch.randn(32, 10, 16), 0.01 * torch.randn(64, 5, 16)))
+        CollapseMonitor().check(
+            collapse_stats(torch.randn(32, 10, 16), 0.01 * torch.randn(64, 5, 16))
+        )
         is None
     )
     collapsed = collapse_stats(torch.ones(32, 10, 16), torch.ones(64, 5, 16))
