@@ -30,20 +30,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
+from jepa import config
 from jepa.api import MODEL_NAMES
-from jepa.config import (
-    AMP_MODES,
-    CORRUPT_POLICIES,
-    DATASETS,
-    EMA_SCHEDULES,
-    LOSSES,
-    MASK_STRATEGIES,
-    MODEL_SIZES,
-    PRESETS,
-    PROBE_BACKENDS,
-    ConfigError,
-    JEPAConfig,
-)
+from jepa.config import MODEL_SIZES, PRESETS, ConfigError, JEPAConfig
 
 # Descriptions from the seed document's config table, for fields without a source comment.
 SEED_HELP = {
@@ -71,16 +60,7 @@ SEED_HELP = {
     "read_checkpoint": "checkpoint, encoder export or output_dir to evaluate",
 }
 
-CHOICES = {
-    "dataset": DATASETS,
-    "model": (*MODEL_SIZES, "custom"),
-    "mask_strategy": MASK_STRATEGIES,
-    "loss": LOSSES,
-    "ema_schedule": EMA_SCHEDULES,
-    "amp": AMP_MODES,
-    "probe_backend": PROBE_BACKENDS,
-    "corrupt_images": CORRUPT_POLICIES,
-}
+CHOICES = {**config.CHOICES, "model": (*MODEL_SIZES, "custom")}
 
 
 class CliError(Exception):

@@ -226,7 +226,7 @@ class JEPAConfig:
         return self
 
     def _validate_choices(self) -> None:
-        for name, allowed in _CHOICES.items():
+        for name, allowed in CHOICES.items():
             _choice(name, getattr(self, name), allowed)
         if self.model != "custom":
             _choice("model", self.model, (*MODEL_SIZES, "custom"))
@@ -340,7 +340,7 @@ RUNTIME_FIELDS = frozenset(
 
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(JEPAConfig)
 
-_CHOICES = {
+CHOICES = {  # the allowed values of the string fields (the CLI lists them too)
     "dataset": DATASETS,
     "mask_strategy": MASK_STRATEGIES,
     "loss": LOSSES,
