@@ -125,6 +125,10 @@ def main() -> None:
     with official_style():
         results["baseline"] = run_variant(cfg, env, args.steps, args.warmup)
     base = results["baseline"]["collate_ms"] + results["baseline"]["model_ms"]
+    if device.type != "cuda":
+        print(
+            "(CPU peak memory is the process's maximum RSS so far: the baseline row includes the first run)"
+        )
     print(
         "| variant  | collate ms | model ms | collate % | images/s | peak MB | speed vs baseline |"
     )
