@@ -38,6 +38,7 @@ EXPERIMENT_PRESETS = {
             "pred_embed_dim",
             "pred_depth",
             "pred_num_heads",
+            "ema",
         },
     ),
     "seed_vitb16": ("seed-vitb16", set()),
