@@ -401,18 +401,16 @@ def save_state(cfg: JEPAConfig, models: Models, optimizer, step: int, epoch: int
         mirror.push(path, step=step, epoch=epoch, config_hash=cfg.training_hash())
 
 
-def restore_state(
-    cfg: JEPAConfig, models: Models, optimizer, env: DistEnv, mirror
-) -> tuple[int, int]:
-    """Load the latest checkpoint (local, else the S3 mirror) if resuming; return (step, epoch)."""
+def restore_state(cfg: JEPAConfig, models: Models, optimizer, env: DistEnv, mirror) -> int:
+    """Load the latest checkpoint (local, else the S3 mirror) if resuming; return its step."""
     path = output_paths(cfg)["checkpoint"]
     if not cfg.resume:
-        return 0, 0
+        return 0
     if not path.exists() and mirror is not None and env.is_main:
         mirror.pull(path)
     barrier()
     if not path.exists():
-        return 0, 0
+        return 0
     state = ckpt.load_checkpoint(path, cfg=cfg, map_location=env.device)
     models.raw_encoder.load_state_dict(state["encoder"])
     models.raw_predictor.load_state_dict(state["predictor"])
@@ -422,7 +420,7 @@ def restore_state(
     optimizer.load_state_dict(state["optimizer"])
     ckpt.restore_rng_state(state["rng"])
     log.info("resumed from %s at step %d (epoch %d)", path, state["step"], state["epoch"])
-    return int(state["step"]), int(state["epoch"])
+    return int(state["step"])
 
 
 def build_mirror(cfg: JEPAConfig):
@@ -439,12 +437,16 @@ def build_mirror(cfg: JEPAConfig):
 @dataclass
 class RunState:
     step: int
-    epoch: int
     steps_per_epoch: int
     images_seen: int = 0
     start_time: float = field(default_factory=time.perf_counter)
     last_loss: float = math.nan
     monitor: CollapseMonitor = field(default_factory=CollapseMonitor)
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed (the epoch under way, counting from 0)."""
+        return self.step // self.steps_per_epoch
 
 
 def pretrain(cfg: JEPAConfig, *, loggers: Sequence[StepLogger] = ()) -> dict:
@@ -466,14 +468,12 @@ def _pretrain(cfg: JEPAConfig, env: DistEnv, loggers: Sequence[StepLogger]) -> d
     models = build_models(cfg, env)
     optimizer = build_optimizer(cfg, models, env)
     mirror = build_mirror(cfg) if env.is_main else None
-    step, epoch = restore_state(cfg, models, optimizer, env, mirror)
+    step = restore_state(cfg, models, optimizer, env, mirror)
     schedule = Schedule(cfg, bundle.steps_per_epoch)
     paths = output_paths(cfg)
     runlog = RunLog(paths["metrics"] if env.is_main else None, loggers)
     runlog.open(step)
-    state = RunState(
-        step=step, epoch=step // bundle.steps_per_epoch, steps_per_epoch=bundle.steps_per_epoch
-    )
+    state = RunState(step=step, steps_per_epoch=bundle.steps_per_epoch)
     last_step = (
         schedule.total_steps if cfg.max_steps is None else min(cfg.max_steps, schedule.total_steps)
     )
@@ -532,10 +532,9 @@ def run_epoch(
         state.images_seen += sum(b.images.size(0) for b in micro) * env.world_size
         record_step(cfg, env, models, micro[-1], loss, pred, hp, state, runlog, bar)
         if env.is_main and state.step % cfg.checkpoint_every == 0:
-            save_state(cfg, models, optimizer, state.step, epoch, mirror)
+            save_state(cfg, models, optimizer, state.step, state.epoch, mirror)
         _crash_if_requested(state.step)
     bar.close()
-    state.epoch = state.step // spe
     if skipped and env.is_main:
         warnings.warn(f"epoch {epoch + 1}: skipped {skipped} unreadable image(s)", stacklevel=2)
     if env.is_main and state.step % spe == 0:
