@@ -394,6 +394,30 @@ def _load_cifar10(cfg: JEPAConfig, split: str) -> tuple[torch.Tensor, torch.Tens
     return images, torch.as_tensor(raw.targets), list(raw.classes)
 
 
+_CIFAR10_FILES = {
+    "train": (*(f"data_batch_{i}" for i in range(1, 6)), "batches.meta"),
+    "test": ("test_batch", "batches.meta"),
+}
+
+
+def source_files(cfg: JEPAConfig, split: str) -> list[Path]:
+    """The files `build_dataset(cfg, split)` reads, for the file-based datasets
+    (fashion_mnist, cifar10); image folders raise ValueError (list their images instead)."""
+    split = _split_name(split)
+    if cfg.dataset_name == "fashion_mnist":
+        found = _find_idx_pair(_fashion_mnist_dirs(cfg), _IDX_FILES[split])
+        if found is None:
+            raise DatasetNotFoundError(
+                f"Fashion-MNIST {split} IDX files not found in "
+                f"{', '.join(map(str, _fashion_mnist_dirs(cfg)))}"
+            )
+        return list(found)
+    if cfg.dataset_name == "cifar10":
+        folder = dataset_root(cfg) / torchvision.datasets.CIFAR10.base_folder
+        return [folder / name for name in _CIFAR10_FILES[split]]
+    raise ValueError(f"dataset={cfg.dataset!r} is an image folder: it has no fixed source files")
+
+
 def _image_folder_path(cfg: JEPAConfig, split: str) -> Path:
     root = dataset_root(cfg)
     if split == "train":

@@ -31,15 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from jepa.config import JEPAConfig
-from jepa.data import DatasetNotFoundError, build_dataset
+from jepa.data import build_dataset, source_files
 from jepa.features import atomic_output
 
 SPLITS = ("train", "test")
 MANIFEST_VERSION = 1
-_CIFAR10_FILES = {
-    "train": (*(f"data_batch_{i}" for i in range(1, 6)), "batches.meta"),
-    "test": ("test_batch", "batches.meta"),
-}
 
 
 class DatasetCheckError(ValueError):
@@ -53,26 +49,6 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def source_files(cfg: JEPAConfig, split: str) -> list[Path]:
-    """The files `jepa.data` reads for `split` of a file-based dataset (not image folders)."""
-    # jepa.data has no public "which files" function; these helpers are the ones its
-    # loader uses, so the manifest hashes exactly what training reads.
-    from jepa import data
-
-    name = cfg.dataset_name
-    if name == "fashion_mnist":
-        found = data._find_idx_pair(data._fashion_mnist_dirs(cfg), data._IDX_FILES[split])
-        if found is None:  # build_dataset has already raised with the full advice
-            raise DatasetNotFoundError(f"Fashion-MNIST {split} IDX files not found")
-        return list(found)
-    if name == "cifar10":
-        import torchvision
-
-        folder = data.dataset_root(cfg) / torchvision.datasets.CIFAR10.base_folder
-        return [folder / f for f in _CIFAR10_FILES[split]]
-    raise ValueError(f"dataset={cfg.dataset!r} is an image folder; use listing_digest")
 
 
 def listing_digest(root: Path, paths: Sequence[str | Path]) -> dict[str, Any]:

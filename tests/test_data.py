@@ -28,6 +28,7 @@ from jepa.data import (
     build_pretrain_loader,
     num_classes,
     read_idx,
+    source_files,
 )
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
@@ -98,6 +99,18 @@ def test_fashion_mnist_channels_subset_and_in_chans(tmp_path):
     assert len(build_dataset(fmnist_cfg(tmp_path, subset=7), "test")) == 5  # subset: train only
     with pytest.raises(ConfigError, match="in_chans=2"):
         build_dataset(fmnist_cfg(tmp_path, in_chans=2))
+
+
+def test_source_files_are_the_files_the_loader_reads(tmp_path):
+    write_fmnist(tmp_path / "FashionMNIST" / "raw")
+    cfg = fmnist_cfg(tmp_path)
+    names = [p.name for p in source_files(cfg, "train")]
+    assert names == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+    assert [p.name for p in source_files(cfg, "val")][0] == "t10k-images-idx3-ubyte"
+    with pytest.raises(DatasetNotFoundError, match="test IDX files not found"):
+        source_files(fmnist_cfg(tmp_path / "empty"), "test")
+    with pytest.raises(ValueError, match="image folder"):
+        source_files(JEPAConfig(dataset="imagefolder", root_path=str(tmp_path)), "train")
 
 
 @pytest.mark.skipif(
