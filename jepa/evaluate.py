@@ -39,10 +39,10 @@ from torch import nn
 from jepa.config import MODEL_SIZES, JEPAConfig
 from jepa.features import (
     META_FILE,
-    atomic_output,
     extract_dataset_features,
     load_features,
     resolve_device,
+    write_json,
 )
 
 log = logging.getLogger("jepa.evaluate")
@@ -221,12 +221,6 @@ def probe(cfg: JEPAConfig, feature_dir: Path, out_file: Path | None = None) -> d
     if out_file is not None:
         write_json(Path(out_file), metrics)
     return metrics
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write `data` as indented JSON to `path`, atomically."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def evaluate(

@@ -61,6 +61,17 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write `data` as sorted, indented JSON to `path`, atomically; return `path`.
+
+    Sorted keys and no timestamps: the same data gives the same bytes, which DVC relies on.
+    """
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
 def feature_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
     """`(features, labels)` file paths of `split` under `out_dir`."""
     out_dir = Path(out_dir)

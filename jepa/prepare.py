@@ -24,7 +24,6 @@ training images in about half a second, far below one training step's cost.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 from jepa.config import JEPAConfig
 from jepa.data import build_dataset, source_files
-from jepa.features import atomic_output
+from jepa.features import write_json
 
 SPLITS = ("train", "test")
 MANIFEST_VERSION = 1
@@ -141,7 +140,4 @@ def build_manifest(cfg: JEPAConfig, splits: Sequence[str] = SPLITS) -> dict[str,
 
 def write_manifest(manifest: dict[str, Any], path: str | Path) -> Path:
     """Write `manifest` as sorted, indented JSON, atomically (same data → same bytes)."""
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_json(path, manifest)

@@ -48,6 +48,7 @@ DEFAULT_C_GRID: tuple[float, ...] = tuple(np.logspace(-3, 1, 5).tolist())
 DEFAULT_LR_GRID: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
 DEFAULT_WD_GRID: tuple[float, ...] = (0.0, 1e-3, 1e-1)
 BACKENDS = ("sklearn", "torch")
+SKLEARN_MAX_ITER = 500  # L-BFGS iterations per sklearn fit
 CHUNK_ROWS = 4096  # rows per read when scoring or computing statistics
 
 # A fitted probe: features `(B, D)` → class scores `(B, C)`.
@@ -164,7 +165,7 @@ def fit_sklearn(features: Rows, targets: np.ndarray, params: dict, *, seed: int 
     """StandardScaler + multinomial L-BFGS logistic regression with `params["C"]`."""
     pipeline = make_pipeline(
         StandardScaler(),
-        LogisticRegression(C=params["C"], max_iter=500, random_state=seed),
+        LogisticRegression(C=params["C"], max_iter=SKLEARN_MAX_ITER, random_state=seed),
     )
     # One BLAS thread: L-BFGS on probe-sized problems is latency-bound, and letting
     # OpenBLAS spread each small product over busy cores made fits ~10x slower here.
@@ -174,7 +175,7 @@ def fit_sklearn(features: Rows, targets: np.ndarray, params: dict, *, seed: int 
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         # One line instead of sklearn's multi-line advice; the fit is still usable.
         warnings.warn(
-            f"L-BFGS stopped at max_iter=500 before converging (C={params['C']:g})",
+            f"L-BFGS stopped at max_iter={SKLEARN_MAX_ITER} before converging (C={params['C']:g})",
             ConvergenceWarning,
             stacklevel=2,
         )
@@ -297,7 +298,10 @@ def evaluate_on_test(
 def protocol_text(backend: str, grid: Sequence[dict], val_fraction: float, seed: int) -> str:
     """One-paragraph description of the protocol as run, stored with the metrics."""
     if backend == "sklearn":
-        model = "StandardScaler + multinomial logistic regression (L-BFGS, L2, max_iter=500)"
+        model = (
+            "StandardScaler + multinomial logistic regression "
+            f"(L-BFGS, L2, max_iter={SKLEARN_MAX_ITER})"
+        )
     else:
         model = "standardised features + nn.Linear, cross-entropy, AdamW, cosine lr decay"
     settings = "; ".join(", ".join(f"{k}={v:.3g}" for k, v in p.items()) for p in grid)

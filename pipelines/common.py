@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from typing import Any
 import yaml
 
 from jepa.config import ConfigError, JEPAConfig
-from jepa.features import atomic_output
+from jepa.features import write_json  # noqa: F401  (the stages import it from here)
 
 # Keys of params.yaml that belong to the pipeline, not to JEPAConfig, with their types.
 # Everything else must be a JEPAConfig field: a typo fails with the key's name.
@@ -47,14 +46,6 @@ def evaluation_config(cfg: JEPAConfig) -> JEPAConfig:
     training images are capped by `probe_subset` instead.
     """
     return cfg.replace(subset=None)
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write `data` as sorted, indented JSON to `path`, atomically."""
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    return path
 
 
 def run_main(main: Callable[[], None], *expected: type[BaseException]) -> None:
