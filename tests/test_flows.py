@@ -248,7 +248,6 @@ def test_params_file_matches_dvc_hydra_composition_and_is_replaced_atomically(tm
 # ---- the flow, end to end on tiny data ------------------------------------------------------
 
 # Copied into each test repo: what dvc.yaml's stages run and depend on.
-PROJECT_FILES = ("dvc.yaml", "conf", "pipelines", "jepa")
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "test",
     "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -272,24 +271,15 @@ def prefect_api():
 def make_repo(root: Path) -> tuple[Path, Path]:
     """A git + DVC repo holding this project's pipeline, and tiny Fashion-MNIST beside it."""
     from fmnist_data import write_tiny_fmnist
+    from project_files import copy_pipeline
 
     repo = root / "repo"
     repo.mkdir()
-    for name in PROJECT_FILES:
-        src = REPO_ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, repo / name)
+    copy_pipeline(repo)
     env = {**os.environ, **GIT_ENV}
     run = functools.partial(subprocess.run, cwd=repo, env=env, check=True, capture_output=True)
     run(["git", "init", "-q"])
     run([dvc_executable(), "init", "-q"])
-    # Stages import jepa/ from the repo: keep bytecode out of the `jepa` dependency's hash.
-    dvcignore = REPO_ROOT / ".dvcignore"
-    (repo / ".dvcignore").write_text(
-        dvcignore.read_text() if dvcignore.exists() else "__pycache__/\n"
-    )
     run(["git", "add", "-A"])
     run(["git", "commit", "-qm", "pipeline"])  # dvclive's experiment tracking wants a commit
     return repo, write_tiny_fmnist(root / "data")

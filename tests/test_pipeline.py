@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from project_files import copy_pipeline
 
 from jepa.config import JEPAConfig
 from jepa.live import LiveLogger
 from jepa.storage import StorageError, run_dvc
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("dvc.yaml", "conf", "pipelines", "jepa", ".dvcignore")
 DVC_TIMEOUT_S = 300
 # Tiny but complete: 128 train images, batch 32, 2 epochs = 8 optimizer steps.
 TINY = ("debug=tiny", "epochs=2")
@@ -156,12 +156,7 @@ def make_repo(path: Path, overrides: list[str]) -> Path:
     """A git + DVC repository holding this project's pipeline, params composed from conf/."""
     path.mkdir(parents=True)
     git(path, "init", "-q", "-b", "main")
-    for name in COPIED:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, path / name)
+    copy_pipeline(path)
     dvc(path, "init", "-q")
     shutil.copy2(REPO / ".dvc" / "config", path / ".dvc" / "config")  # [hydra] enabled
     compose(path, overrides)
