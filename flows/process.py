@@ -108,19 +108,24 @@ def run_in_process_group(
         stderr="\n".join(tails["stderr"]),
         duration_s=time.monotonic() - start,
     )
-    if timed_out:
+    _check(result, cwd, timeout if timed_out else None)
+    return result
+
+
+def _check(result: CommandResult, cwd: str | Path, timed_out_after: float | None) -> None:
+    """Raise `CommandTimeoutError` or `CommandError` with the tail of stderr, if due."""
+    if timed_out_after is not None:
         raise CommandTimeoutError(
-            f"`{_quote(cmd)}` in {cwd} timed out after {timeout}s; its process group was "
-            f"killed. Last stderr lines:\n{_last(result.stderr)}",
+            f"`{_quote(result.cmd)}` in {cwd} timed out after {timed_out_after}s; its process "
+            f"group was killed. Last stderr lines:\n{_last(result.stderr)}",
             result,
         )
     if result.returncode != 0:
         raise CommandError(
-            f"`{_quote(cmd)}` in {cwd} failed with exit code {result.returncode}. "
+            f"`{_quote(result.cmd)}` in {cwd} failed with exit code {result.returncode}. "
             f"Last stderr lines:\n{_last(result.stderr)}",
             result,
         )
-    return result
 
 
 def kill_process_group(pgid: int, *, grace_s: float = DEFAULT_GRACE_S) -> bool:

@@ -336,6 +336,13 @@ def _check_shapes(train_x: Any, train_y: Any, test_x: Any, test_y: Any) -> None:
         )
 
 
+def _fitter(backend: str, seed: int, **torch_options: Any) -> Callable:
+    """`fit(rows, targets, hyperparameters) -> scorer` of `backend`."""
+    if backend == "sklearn":
+        return functools.partial(fit_sklearn, seed=seed)
+    return functools.partial(fit_torch, seed=seed, **torch_options)
+
+
 def linear_probe(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -369,11 +376,7 @@ def linear_probe(
     fit_idx, val_idx = stratified_holdout(targets, val_fraction, seed)
     if backend == "sklearn":
         train_x = np.asarray(train_x, dtype=np.float32)  # L-BFGS needs it in memory anyway
-        fit = functools.partial(fit_sklearn, seed=seed)
-    else:
-        fit = functools.partial(
-            fit_torch, seed=seed, epochs=epochs, batch_size=batch_size, device=device
-        )
+    fit = _fitter(backend, seed, epochs=epochs, batch_size=batch_size, device=device)
     grid = _grid(backend, c_grid, lr_grid, wd_grid)
     chosen, val_top1, history = select_hyperparameters(
         fit,
