@@ -28,12 +28,9 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
-# `flows/` is a top-level package beside `jepa/`; an editable install made before it
-# existed does not map it, so make the checkout importable either way.
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
+# After PREFECT_HOME is set: prefect reads its settings at import.
 from flows.pipeline import dvc_executable  # noqa: E402
 from flows.process import (  # noqa: E402
     CommandError,
@@ -132,7 +129,6 @@ def test_cancellation_sigterm_kills_the_group(tmp_path):
         textwrap.dedent(
             f"""
             import sys
-            sys.path.insert(0, {str(REPO_ROOT)!r})
             from prefect.utilities.engine import capture_sigterm
             from flows.process import run_in_process_group
             with capture_sigterm():

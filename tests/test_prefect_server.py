@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # flows/ beside jepa/ (see test_flows.py)
-    sys.path.insert(0, str(REPO_ROOT))
+from flows.process import kill_process_group
 
-from flows.process import kill_process_group  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 STARTUP_TIMEOUT_S = 120
