@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from jepa import ema
 from jepa.config import PRESETS, JEPAConfig
-from jepa.distributed import DistEnv, resolve_device
+from jepa.device import resolve_device
 from jepa.masks import build_collator
-from jepa.models import vit
-from jepa.train import Schedule, build_models, build_optimizer, optimizer_step
+from jepa.models import IJEPA, ijepa, vit
+from jepa.train import Schedule, build_optimizer, train_step
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -38,16 +38,14 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 @contextlib.contextmanager
 def official_style():
     """Swap in the baseline's attention and EMA for the duration of the block."""
-    saved_attn, saved_ema = vit.F.scaled_dot_product_attention, ema.ema_update
-    import jepa.train as train_mod
-
+    saved_attn, saved_ema = vit.F.scaled_dot_product_attention, ijepa.ema_update
     vit.F.scaled_dot_product_attention = naive_attention
-    train_mod.ema_update = ema.ema_update_reference
+    ijepa.ema_update = ema.ema_update_reference
     try:
         yield
     finally:
         vit.F.scaled_dot_product_attention = saved_attn
-        train_mod.ema_update = saved_ema
+        ijepa.ema_update = saved_ema
 
 
 def synthetic_samples(cfg: JEPAConfig, n: int) -> list[tuple[torch.Tensor, int, int]]:
@@ -67,22 +65,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_variant(cfg: JEPAConfig, env: DistEnv, steps: int, warmup: int) -> dict[str, float]:
+def run_variant(cfg: JEPAConfig, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
     """Time `steps` optimizer steps after `warmup` untimed ones."""
-    models = build_models(cfg, env)
-    optimizer = build_optimizer(cfg, models, env)
+    model = IJEPA.from_config(cfg).to(device).wrap(distributed=False, compile=cfg.compile)
+    optimizer = build_optimizer(cfg, model, device)
     schedule = Schedule(cfg, steps_per_epoch=max(steps + warmup, 1))
     collator = build_collator(cfg)
     samples = synthetic_samples(cfg, cfg.batch_size)
     collate_ms, step_ms = [], []
-    if env.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(env.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         batch = collator(samples)
         t1 = time.perf_counter()
-        optimizer_step(cfg, models, optimizer, [batch], schedule.at(i), env.device)
-        sync(env.device)
+        train_step(cfg, model, optimizer, [batch], schedule.at(i), device)
+        sync(device)
         t2 = time.perf_counter()
         if i >= warmup:
             collate_ms.append((t1 - t0) * 1e3)
@@ -93,7 +91,7 @@ def run_variant(cfg: JEPAConfig, env: DistEnv, steps: int, warmup: int) -> dict[
         "model_ms": model,
         "images_per_s": cfg.batch_size / ((collate + model) / 1e3),
         "collate_share": collate / (collate + model),
-        "peak_mb": peak_memory_mb(env.device),
+        "peak_mb": peak_memory_mb(device),
     }
 
 
@@ -115,15 +113,14 @@ def main() -> None:
         overrides["amp"] = args.amp
     cfg = JEPAConfig.preset(args.preset, **overrides)
     device = resolve_device(args.device)
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
     print(
         f"preset={args.preset} batch={cfg.batch_size} grid={cfg.grid_size}x{cfg.grid_size} "
         f"encoder={cfg.embed_dim}/{cfg.depth}/{cfg.num_heads} device={device} "
         f"threads={torch.get_num_threads()} torch={torch.__version__}"
     )
-    results = {"jepa": run_variant(cfg, env, args.steps, args.warmup)}
+    results = {"jepa": run_variant(cfg, device, args.steps, args.warmup)}
     with official_style():
-        results["baseline"] = run_variant(cfg, env, args.steps, args.warmup)
+        results["baseline"] = run_variant(cfg, device, args.steps, args.warmup)
     base = results["baseline"]["collate_ms"] + results["baseline"]["model_ms"]
     if device.type != "cuda":
         print(

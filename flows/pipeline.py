@@ -8,9 +8,10 @@ Prefect's own result caching is off: a cached "Completed" would hide a stale out
 The first task writes `params.yaml` the way `dvc exp run` with Hydra enabled does:
 compose `conf/config.yaml` with overrides, resolve interpolations, dump as YAML.
 
-Retrying `pretrain` resumes rather than restarts: the stage picks up
-`pretrain/checkpoints/latest.pt`, a `persist: true` output that DVC keeps between runs.
-With `checkpoint_uri` the checkpoints are mirrored to S3 as well.
+Retrying `pretrain` resumes rather than restarts: the stage finds its checkpoint in the
+run store (`run_store`, keyed by the run's identity; see `pipelines/pretrain.py`). With
+`checkpoint_uri` the checkpoints are mirrored to S3 as well, and a retry on a machine
+without the run store's copy resumes from there.
 """
 
 from __future__ import annotations

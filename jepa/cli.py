@@ -231,13 +231,13 @@ def cmd_probe(args: argparse.Namespace, cfg: JEPAConfig) -> None:
 
 def cmd_report(args: argparse.Namespace, cfg: JEPAConfig | None) -> None:
     """Write one results table over several evaluations."""
-    from jepa.evaluate import report
+    from jepa.report import report_evaluations
 
     inputs = []
     for item in args.inputs:
         name, sep, path = item.partition("=")
         inputs.append((name, Path(path)) if sep else (None, Path(item)))
-    paths = report(inputs, args.out, references=args.references)
+    paths = report_evaluations(inputs, args.out, references=args.references)
     print(json.dumps(paths, indent=2))
 
 

@@ -24,6 +24,7 @@ persistent workers, and after a resume.
 from __future__ import annotations
 
 import gzip
+import itertools
 import math
 import multiprocessing
 import os
@@ -31,6 +32,7 @@ import random
 import struct
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -526,11 +528,21 @@ class SkipEmptyLoader(DataLoader):
 
 class EpochSampler(DistributedSampler):
     """`DistributedSampler` whose keys are `(index, epoch)`: the epoch travels with each index
-    to the worker that loads it, where it seeds the item's augmentation."""
+    to the worker that loads it, where it seeds the item's augmentation. An epoch can start
+    part-way (`set_start`), which is how a resumed run skips the batches it trained on."""
+
+    start_index = 0
+
+    def set_start(self, start_index: int) -> None:
+        self.start_index = start_index
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        return ((index, epoch) for index in super().__iter__())
+        keys = ((index, epoch) for index in super().__iter__())
+        return itertools.islice(keys, self.start_index, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start_index
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -567,19 +579,41 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+@dataclass
+class PretrainLoader:
+    """This rank's pretraining batches, epoch by epoch."""
+
+    loader: DataLoader
+    sampler: EpochSampler
+    collator: Callable
+    steps_per_epoch: int  # optimizer steps
+    local_batch_size: int
+
+    def start_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Point sampler, crops and masks at `epoch`, skipping its first `skip_batches`."""
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(skip_batches * self.local_batch_size)
+        self.collator.set_epoch(epoch)
+
+
 def build_pretrain_loader(
     cfg: JEPAConfig,
     dataset: Dataset,
-    collate_fn: Callable[[list], Any],
+    collator: Callable[[list], Any],
     *,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[DataLoader, EpochSampler]:
+    pin_memory: bool = False,
+) -> PretrainLoader:
     """Shuffled, drop-last loader of `cfg.batch_size // world_size` items per rank.
 
-    Call `sampler.set_epoch(epoch)` before each epoch: the order and every item's crop are
-    functions of `(cfg.seed, epoch)`. `None` items are dropped before `collate_fn`
-    (`loader.collate_fn.num_dropped` counts them); a batch left empty is skipped.
+    `cfg.batch_size` is the global batch. Call `start_epoch(epoch)` before each epoch: the
+    order and every item's crop are functions of `(cfg.seed, epoch)`, and the masks of the
+    collator's `set_epoch`, so batches do not depend on the number of workers or on where
+    an epoch was resumed. Workers are re-forked each epoch (not persistent) so that they
+    see the epoch set on the collator just before. `None` items (unreadable images) are
+    dropped before `collator` (`loader.collate_fn.num_dropped` counts them); a batch left
+    empty is skipped.
     """
     if cfg.batch_size % world_size:
         raise ConfigError(
@@ -592,26 +626,25 @@ def build_pretrain_loader(
     sampler = EpochSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
     )
-    if sampler.num_samples < per_rank:
+    steps = sampler.num_samples // per_rank // cfg.accum_iter
+    if steps < 1:
         raise ValueError(
-            f"{len(dataset)} items give {sampler.num_samples} per rank, fewer than one batch of "
-            f"{per_rank} (batch_size={cfg.batch_size}, world_size={world_size}); "
-            f"lower batch_size or use more data (subset={cfg.subset})"
+            f"{len(dataset)} images give {sampler.num_samples} per rank: too few for one step "
+            f"of batch_size={cfg.batch_size} x accum_iter={cfg.accum_iter} over {world_size} "
+            f"process(es); lower batch_size or use more images"
         )
-    workers = cfg.num_workers
     loader = SkipEmptyLoader(
         SeededItems(dataset, cfg.seed),
         batch_size=per_rank,
         sampler=sampler,
         drop_last=True,
-        collate_fn=DropNoneCollate(collate_fn),
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
+        collate_fn=DropNoneCollate(collator),
+        num_workers=cfg.num_workers,
+        pin_memory=pin_memory,
         worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(cfg.seed + rank),
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
     )
-    return loader, sampler
+    return PretrainLoader(loader, sampler, collator, steps, per_rank)
 
 
 def build_eval_loader(

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from jepa.device import resolve_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -26,19 +28,6 @@ class DistEnv:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto` → this rank's GPU when CUDA is present, else CPU; `cuda` → `cuda:local_rank`."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={name!r} but CUDA is not available here; use device: cpu or auto"
-        )
-    return torch.device(name)
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +35,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jepa.config import MODEL_SIZES, JEPAConfig
+from jepa.config import JEPAConfig
+from jepa.device import resolve_device
 from jepa.features import (
     META_FILE,
     extract_dataset_features,
     load_features,
-    resolve_device,
     write_json,
 )
+from jepa.runs import RunFiles
 
 log = logging.getLogger("jepa.evaluate")
 
 KINDS = ("pretrained", "pixels", "random")
 PIXEL_MAX_SIDE = 32  # the raw-pixel baseline pools larger images down to this side
 SEED_CHECKPOINT_NAME = "checkpoint.pth"  # the seed document's `./output/checkpoint.pth`
-
-_RUN_NAMES = {"pretrained": "pretrained", "random": "random init", "pixels": "raw pixels"}
 
 
 # ---- encoders --------------------------------------------------------------------------------
@@ -100,12 +98,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     from jepa.checkpoint import CheckpointError
 
     path = Path(path).expanduser()
-    if not path.exists() and path.name == SEED_CHECKPOINT_NAME and _is_run_dir(path.parent):
+    if not path.exists() and path.name == SEED_CHECKPOINT_NAME and _holds_a_run(path.parent):
         log.info("%s does not exist; using the run in %s", path, path.parent)
         path = path.parent
-    if path.is_dir() and _is_run_dir(path):
-        export = path / "encoder"
-        return export if (export / "encoder.json").is_file() else path / "checkpoints" / "latest.pt"
+    if path.is_dir() and _holds_a_run(path):
+        run = RunFiles(path)
+        return run.encoder if run.has_encoder() else run.checkpoint
     if not path.exists():
         raise CheckpointError(
             f"checkpoint {path} does not exist; pass a training output_dir, its encoder/ "
@@ -114,10 +112,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def _is_run_dir(path: Path) -> bool:
-    return (path / "encoder" / "encoder.json").is_file() or (
-        path / "checkpoints" / "latest.pt"
-    ).is_file()
+def _holds_a_run(path: Path) -> bool:
+    run = RunFiles(path)
+    return run.has_encoder() or run.checkpoint.is_file()
 
 
 def load_pretrained(cfg: JEPAConfig, encoder_path: str | Path) -> nn.Module:
@@ -246,11 +243,13 @@ def evaluate(
         encoder = _baseline(cfg, kind, pretrained)
         _extract_with(cfg, encoder, out_dir / "features" / kind, kind, encoder_path)
         results[kind] = probe(cfg, out_dir / "features" / kind, out_dir / "probe" / f"{kind}.json")
-    run_dir = run_directory(encoder_path)
-    if summary is None and run_dir is not None and (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
+    from jepa.report import write_results
+
+    run = RunFiles.holding(encoder_path)
+    if summary is None and run is not None:
+        summary = run.read_summary()
     write_json(out_dir / "metrics.json", headline(results))
-    results["report"] = write_results(results, out_dir, summary=summary, run_dir=run_dir)
+    results["report"] = write_results(results, out_dir, summary=summary, run=run)
     return results
 
 
@@ -265,137 +264,3 @@ def headline(results: dict[str, dict]) -> dict[str, dict]:
         for kind, metrics in results.items()
         if kind in KINDS
     }
-
-
-def run_directory(encoder_path: str | Path) -> Path | None:
-    """The training output directory holding `encoder_path` (its `encoder/` export or its
-    `checkpoints/latest.pt`), or None when the encoder does not come from a run."""
-    path = resolve_checkpoint(encoder_path)
-    if path.name == "encoder" and path.is_dir():
-        run = path.parent
-    elif path.parent.name == "checkpoints":
-        run = path.parent.parent
-    else:
-        return None
-    return run if (run / "summary.json").is_file() or (run / "metrics.jsonl").is_file() else None
-
-
-def architecture_name(model_args: dict | None) -> str:
-    """`ViT-B/16` for the standard sizes, `ViT-48x2/4` (width x depth / patch) otherwise."""
-    if not model_args or "embed_dim" not in model_args:
-        return ""
-    sizes = (model_args["embed_dim"], model_args["depth"], model_args["num_heads"])
-    patch = model_args["patch_size"]
-    for name, known in MODEL_SIZES.items():
-        if known == sizes:
-            return f"ViT-{name.split('_')[1][0].upper()}/{patch}"
-    return f"ViT-{sizes[0]}x{sizes[1]}/{patch}"
-
-
-def run_records(results: dict[str, dict], summary: dict | None = None) -> list[dict]:
-    """`jepa.report` run records for each evaluated encoder kind in `results`."""
-    records = []
-    for kind in KINDS:
-        if kind not in results:
-            continue
-        metrics = results[kind]
-        features = metrics.get("features") or {}
-        dataset = features.get("dataset")
-        record = {
-            "name": f"{_RUN_NAMES[kind]} {architecture_name(features.get('model_args'))}".strip(),
-            "kind": "measured" if kind == "pretrained" else "baseline",
-            "dataset": "imagenet1k" if dataset == "imagenet" else dataset,
-            "probe_top1": metrics["top1"],
-            "probe_top5": metrics.get("top5"),
-            "knn_top1": metrics["knn_top1"],
-        }
-        if kind == "pretrained" and summary:
-            for key in ("epochs", "wall_time_s", "images_per_s", "final_loss", "effective_rank"):
-                record[key] = summary.get(key)
-        records.append(record)
-    return records
-
-
-def loss_curve(run_dir: Path | None) -> tuple[list[int], list[float]] | None:
-    """`(steps, losses)` from a run's `metrics.jsonl`, or None without one."""
-    path = None if run_dir is None else run_dir / "metrics.jsonl"
-    if path is None or not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [row for row in rows if "loss" in row]
-    return ([row["step"] for row in rows], [row["loss"] for row in rows]) if rows else None
-
-
-def write_results(
-    results: dict[str, dict],
-    out_dir: Path,
-    *,
-    summary: dict | None = None,
-    run_dir: Path | None = None,
-) -> dict[str, str]:
-    """Write `results.md/.csv/.png` under `out_dir`; published references are added only
-    for their own dataset. Returns `{"markdown", "csv", "png"}` → path (as strings)."""
-    curve = loss_curve(run_dir)
-    return _write_table(
-        run_records(results, summary), out_dir, {"pretraining": curve} if curve else {}
-    )
-
-
-def _write_table(
-    records: list[dict], out_dir: Path, loss_curves: dict, *, references: bool = True
-) -> dict[str, str]:
-    """Rows from `records` plus the published references of their datasets, written out."""
-    from jepa.report import PAPER_REFERENCES, build_results, write_report
-
-    datasets = {record["dataset"] for record in records}
-    refs = [r for r in PAPER_REFERENCES if references and r.get("dataset") in datasets]
-    rows = build_results(records, references=refs)
-    paths = write_report(rows, out_dir, loss_curves=loss_curves or None)
-    return {name: str(path) for name, path in paths.items()}
-
-
-def collect_results(path: str | Path) -> dict[str, dict]:
-    """Probe metrics by encoder kind from an `evaluate` output directory (its
-    `probe/*.json`) or from one probe JSON file (`probe(..., out_file)`)."""
-    path = Path(path)
-    files = sorted((path / "probe").glob("*.json")) if path.is_dir() else [path]
-    if not files or not all(f.is_file() for f in files):
-        raise FileNotFoundError(
-            f"{path} is neither a probe metrics file nor an evaluation directory with "
-            f"probe/*.json; run `jepa eval` or `jepa probe --out FILE` first"
-        )
-    results = {}
-    for file in files:
-        metrics = json.loads(file.read_text())
-        if "top1" not in metrics or "knn_top1" not in metrics:
-            raise ValueError(f"{file} holds no probe metrics (top1, knn_top1)")
-        kind = (metrics.get("features") or {}).get("kind") or file.stem
-        results[kind if kind in KINDS else "pretrained"] = metrics
-    return results
-
-
-def report(
-    inputs: Sequence[tuple[str | None, Path]], out_dir: Path, *, references: bool = True
-) -> dict[str, str]:
-    """One results table over several evaluations.
-
-    `inputs` are `(name, path)` pairs, `path` as `collect_results` takes it; `name` (or, with
-    several inputs, the path's name) prefixes that input's rows. Training summaries and loss
-    curves come from the run that produced each pretrained checkpoint, when it is on disk.
-    """
-    records, curves = [], {}
-    for name, path in inputs:
-        results = collect_results(path)
-        prefix = name or (Path(path).name if len(inputs) > 1 else None)
-        checkpoint = (results.get("pretrained", {}).get("features") or {}).get("checkpoint")
-        run_dir = run_directory(checkpoint) if checkpoint and Path(checkpoint).exists() else None
-        summary = None
-        if run_dir is not None and (run_dir / "summary.json").is_file():
-            summary = json.loads((run_dir / "summary.json").read_text())
-        for record in run_records(results, summary):
-            records.append(
-                {**record, "name": f"{prefix}: {record['name']}" if prefix else record["name"]}
-            )
-        if (curve := loss_curve(run_dir)) is not None:
-            curves[prefix or "pretraining"] = curve
-    return _write_table(records, Path(out_dir), curves, references=references)

@@ -33,7 +33,8 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-AMP_MODES = ("auto", "bf16", "fp16", "none")
+from jepa.device import autocast, resolve_device
+
 META_FILE = "features.json"
 
 
@@ -132,22 +133,6 @@ def _check_pair(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
 # ---- extraction -------------------------------------------------------------------------------
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`"auto"` → CUDA when available, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    if amp not in AMP_MODES:
-        raise ValueError(f"amp={amp!r} is not one of {', '.join(map(repr, AMP_MODES))}")
-    if device.type != "cuda" or amp == "none":
-        return contextlib.nullcontext()  # float32 on CPU, as cfg.amp="auto" promises
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def _feature_batches(
     encoder: nn.Module,
     loader: Iterable,
@@ -171,7 +156,7 @@ def _feature_batches(
             if batch is None:
                 continue
             images, labels = batch[0], batch[1]
-            with torch.no_grad(), _autocast(device, amp):
+            with torch.no_grad(), autocast(amp, device):
                 feats = encoder.forward_features(
                     images.to(device, non_blocking=True), num_last_blocks
                 )
@@ -193,8 +178,8 @@ def extract_features(
     """Features of every image `loader` yields: `(features (N, D) float32, labels (N,) int64)`.
 
     The encoder is moved to `device`; its train/eval mode is restored afterwards.
-    `D` is `embed_dim * num_last_blocks`. On CUDA, `amp` "auto"/"bf16" runs the encoder under
-    bfloat16 autocast ("fp16": float16, "none": float32); on CPU it always runs in float32.
+    `D` is `embed_dim * num_last_blocks`. `amp` picks the precision as training does
+    (`jepa.device.autocast`): "auto" is bfloat16 on CUDA and float32 on the CPU.
     """
     batches = list(
         _feature_batches(

@@ -9,10 +9,10 @@ number as a dvclive metric at the row's own `step`:
     dir/metrics.json               the latest value of every metric (dvclive's summary)
 
 Steps come from the rows, not from dvclive's counter, so the x axis is the optimizer
-step whatever the logging cadence. A resumed run replays the steps after its last
-checkpoint; the rows a crashed run wrote for those steps are dropped when the first row
-of the resumed run arrives (every row with `step >= ` that row's step), so no step is
-ever written twice. A fresh run's first row is step 1, which drops everything.
+step whatever the logging cadence. The directory starts afresh at the first row: a resumed
+run replays the rows its checkpoint holds (`jepa.train.RunLog.start`) before it logs new
+ones, so the plots hold exactly the resumed run's steps, each once, and nothing a crashed
+run logged after its last checkpoint.
 
 dvclive's own dvc.yaml writing is off (`dvcyaml=False`): the pipeline's dvc.yaml declares
 these plots, and a stage must not edit the dvc.yaml that is running it.
@@ -24,36 +24,11 @@ repository. Opened inside a git repository that has no `.dvc/`, dvclive (3.49) r
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 from typing import Any
 
 # Logged in the summary but not plotted: they are not functions of training progress.
 SUMMARY_ONLY = frozenset({"epoch", "elapsed_s"})
-
-
-def drop_rows_from(metrics_dir: str | Path, step: int) -> int:
-    """Remove rows with `step >= step` from every dvclive `.tsv` under `metrics_dir`.
-
-    Returns the number of rows removed. Files are rewritten atomically.
-    """
-    removed = 0
-    for path in sorted(Path(metrics_dir).rglob("*.tsv")):
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-            fieldnames = list(rows[0]) if rows else None
-        kept = [row for row in rows if int(row["step"]) < step]
-        if len(kept) == len(rows):
-            continue
-        removed += len(rows) - len(kept)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames, delimiter="\t", lineterminator=os.linesep)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, path)
-    return removed
 
 
 class LiveLogger:
@@ -67,15 +42,13 @@ class LiveLogger:
         self.dir = Path(dir)
         self.dvcyaml = dvcyaml
         self.live: Any = None
-        self.dropped_rows = 0
 
-    def _open(self, first_step: int) -> None:
+    def _open(self) -> None:
         from dvclive import Live  # imports dvc: only the process that logs pays for it
 
-        self.dropped_rows = drop_rows_from(self.dir / "plots" / "metrics", first_step)
         self.live = Live(
             dir=str(self.dir),
-            resume=True,
+            resume=False,  # clears earlier plots and summary
             save_dvc_exp=False,
             dvcyaml=self.dvcyaml,
             monitor_system=False,
@@ -84,7 +57,7 @@ class LiveLogger:
     def __call__(self, row: dict[str, Any]) -> None:
         step = int(row["step"])
         if self.live is None:
-            self._open(step)
+            self._open()
         self.live.step = step
         for name, value in row.items():
             if name == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):

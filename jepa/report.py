@@ -14,6 +14,7 @@ carry their `source`, and get their own table in `results.md`.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,10 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from jepa.config import MODEL_SIZES
+from jepa.evaluate import KINDS as ENCODER_KINDS
 from jepa.features import atomic_output
+from jepa.runs import RunFiles
 
 COLUMNS = (
     "name",
@@ -226,3 +230,116 @@ def write_report(
     _write_csv(rows, paths["csv"])
     _write_figure(rows, paths["png"], loss_curves)
     return paths
+
+
+# ---- records of evaluated encoders ----------------------------------------------------------
+
+_RUN_NAMES = {"pretrained": "pretrained", "random": "random init", "pixels": "raw pixels"}
+
+
+def architecture_name(model_args: dict | None) -> str:
+    """`ViT-B/16` for the standard sizes, `ViT-48x2/4` (width x depth / patch) otherwise."""
+    if not model_args or "embed_dim" not in model_args:
+        return ""
+    sizes = (model_args["embed_dim"], model_args["depth"], model_args["num_heads"])
+    patch = model_args["patch_size"]
+    for name, known in MODEL_SIZES.items():
+        if known == sizes:
+            return f"ViT-{name.split('_')[1][0].upper()}/{patch}"
+    return f"ViT-{sizes[0]}x{sizes[1]}/{patch}"
+
+
+def run_records(results: dict[str, dict], summary: dict | None = None) -> list[dict]:
+    """`jepa.report` run records for each evaluated encoder kind in `results`."""
+    records = []
+    for kind in ENCODER_KINDS:
+        if kind not in results:
+            continue
+        metrics = results[kind]
+        features = metrics.get("features") or {}
+        dataset = features.get("dataset")
+        record = {
+            "name": f"{_RUN_NAMES[kind]} {architecture_name(features.get('model_args'))}".strip(),
+            "kind": "measured" if kind == "pretrained" else "baseline",
+            "dataset": "imagenet1k" if dataset == "imagenet" else dataset,
+            "probe_top1": metrics["top1"],
+            "probe_top5": metrics.get("top5"),
+            "knn_top1": metrics["knn_top1"],
+        }
+        if kind == "pretrained" and summary:
+            for key in ("epochs", "wall_time_s", "images_per_s", "final_loss", "effective_rank"):
+                record[key] = summary.get(key)
+        records.append(record)
+    return records
+
+
+def write_results(
+    results: dict[str, dict],
+    out_dir: Path,
+    *,
+    summary: dict | None = None,
+    run: RunFiles | None = None,
+) -> dict[str, str]:
+    """Write `results.md/.csv/.png` under `out_dir`; published references are added only
+    for their own dataset; `run`'s loss curve is drawn. Returns `{"markdown", "csv", "png"}`
+    → path (as strings)."""
+    curve = run.loss_curve() if run is not None else None
+    return _write_table(
+        run_records(results, summary), out_dir, {"pretraining": curve} if curve else {}
+    )
+
+
+def _write_table(
+    records: list[dict], out_dir: Path, loss_curves: dict, *, references: bool = True
+) -> dict[str, str]:
+    """Rows from `records` plus the published references of their datasets, written out."""
+    datasets = {record["dataset"] for record in records}
+    refs = [r for r in PAPER_REFERENCES if references and r.get("dataset") in datasets]
+    rows = build_results(records, references=refs)
+    paths = write_report(rows, out_dir, loss_curves=loss_curves or None)
+    return {name: str(path) for name, path in paths.items()}
+
+
+def collect_results(path: str | Path) -> dict[str, dict]:
+    """Probe metrics by encoder kind from an `evaluate` output directory (its
+    `probe/*.json`) or from one probe JSON file (`probe(..., out_file)`)."""
+    path = Path(path)
+    files = sorted((path / "probe").glob("*.json")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise FileNotFoundError(
+            f"{path} is neither a probe metrics file nor an evaluation directory with "
+            f"probe/*.json; run `jepa eval` or `jepa probe --out FILE` first"
+        )
+    results = {}
+    for file in files:
+        metrics = json.loads(file.read_text())
+        if "top1" not in metrics or "knn_top1" not in metrics:
+            raise ValueError(f"{file} holds no probe metrics (top1, knn_top1)")
+        kind = (metrics.get("features") or {}).get("kind") or file.stem
+        results[kind if kind in ENCODER_KINDS else "pretrained"] = metrics
+    return results
+
+
+def report_evaluations(
+    inputs: Sequence[tuple[str | None, Path]], out_dir: Path, *, references: bool = True
+) -> dict[str, str]:
+    """One results table over several evaluations.
+
+    `inputs` are `(name, path)` pairs, `path` as `collect_results` takes it; `name` (or, with
+    several inputs, the path's name) prefixes that input's rows. Training summaries and loss
+    curves come from the run that produced each pretrained checkpoint, when it is on disk.
+    """
+    records, curves = [], {}
+    for name, path in inputs:
+        results = collect_results(path)
+        prefix = name or (Path(path).name if len(inputs) > 1 else None)
+        checkpoint = (results.get("pretrained", {}).get("features") or {}).get("checkpoint")
+        run = RunFiles.holding(checkpoint) if checkpoint else None
+        summary = run.read_summary() if run is not None else None
+        for record in run_records(results, summary):
+            records.append(
+                {**record, "name": f"{prefix}: {record['name']}" if prefix else record["name"]}
+            )
+        if run is not None and (curve := run.loss_curve()) is not None:
+            curves[prefix or "pretraining"] = curve
+    return _write_table(records, Path(out_dir), curves, references=references)

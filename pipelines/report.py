@@ -1,10 +1,10 @@
-"""Stage `report`: the results table (`jepa.evaluate.write_results`, `jepa.report`).
+"""Stage `report`: the results table (`jepa.report.write_results`).
 
     python -m pipelines.report --pretrained eval/pretrained.json --pixels eval/pixels.json \
         --random eval/random.json --run pretrain --out results
 
 Reads the three probe records and the training run's `summary.json` and `metrics.jsonl`
-(the loss curve; `jepa.train`'s layout under `--run`); writes `results.md`, `results.csv`
+(the loss curve; `jepa.runs.RunFiles` under `--run`); writes `results.md`, `results.csv`
 and `results.png` under `--out`.
 """
 
@@ -15,7 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-from jepa.evaluate import KINDS, write_results
+from jepa.evaluate import KINDS
+from jepa.report import write_results
+from jepa.runs import RunFiles
 from pipelines.common import run_main
 
 log = logging.getLogger("pipelines.report")
@@ -29,8 +31,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory for results.*")
     args = parser.parse_args()
     results = {kind: json.loads(getattr(args, kind).read_text()) for kind in KINDS}
-    summary = json.loads((args.run / "summary.json").read_text())
-    paths = write_results(results, args.out, summary=summary, run_dir=args.run)
+    run = RunFiles(args.run)
+    paths = write_results(results, args.out, summary=run.read_summary(), run=run)
     log.info("wrote %s", ", ".join(paths.values()))
 
 

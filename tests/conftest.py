@@ -35,3 +35,18 @@ def tiny_fmnist(tmp_path_factory: pytest.TempPathFactory):
     from fmnist_data import write_tiny_fmnist
 
     return write_tiny_fmnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_run_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The pipeline's default run store (`$XDG_CACHE_HOME/jepa/runs`) in a temp folder, for
+    this process and the tools it starts, so tests never leave training state in ~/.cache."""
+    import os
+
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved

@@ -8,17 +8,20 @@ real on a tiny Fashion-MNIST, which checks the whole path down to the files writ
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_evaluate import trained_run
 
 import jepa
 import jepa.train
 import torchwm
 from jepa.config import ConfigError, JEPAConfig
+from jepa.runs import RunFiles
 
 
 @pytest.fixture
@@ -122,10 +125,17 @@ def test_imagefolder_dataset_trains(tmp_path):
         "jepa", preset="fmnist-tiny", dataset="imagefolder", root_path=str(tmp_path / "my_dataset"),
         image_folder="train", model="custom", embed_dim=24, depth=1, num_heads=3,
         pred_embed_dim=12, pred_depth=1, pred_num_heads=3, batch_size=8, epochs=1,
-        num_workers=0, progress=False, output_dir=str(tmp_path / "out"),
+        num_workers=0, progress=False, output_dir=str(tmp_path / "out"), log_every=1,
     )  # fmt: skip
     summary = agent.train()
-    assert summary["steps"] == 2 and summary["final_loss"] > 0
+    # 16 images in batches of 8: one epoch is 2 steps, both logged; RGB files read as grey.
+    assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
+    losses = [row for row in RunFiles(tmp_path / "out").read_metrics() if "loss" in row]
+    assert [row["step"] for row in losses] == [1, 2]
+    assert losses[-1]["loss"] == summary["final_loss"]
+    encoder = agent.load_encoder()
+    assert encoder.model_args()["in_chans"] == 1
+    assert encoder.forward_features(torch.zeros(2, 1, 28, 28)).shape == (2, 24)
 
 
 # ---- errors and the package surface ----------------------------------------------------------

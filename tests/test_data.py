@@ -290,8 +290,17 @@ def test_eval_transform_resizes_like_the_official_protocol():
     assert data.eval_transform(cfg.replace(image_size=32)).transforms[1].size == [32]
 
 
-def collate_indices(batch: list) -> tuple[torch.Tensor, list[int]]:
-    return torch.stack([image for image, _, _ in batch]), [index for _, _, index in batch]
+class CollateIndices:
+    """A collator that keeps the images and the dataset indices (no masks)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __call__(self, batch: list) -> tuple[torch.Tensor, list[int]]:
+        return torch.stack([image for image, _, _ in batch]), [index for _, _, index in batch]
+
+
+collate_indices = CollateIndices()
 
 
 def tiny_dataset(cfg: JEPAConfig, n: int = 11) -> TensorImageDataset:
@@ -305,21 +314,20 @@ def tiny_dataset(cfg: JEPAConfig, n: int = 11) -> TensorImageDataset:
 
 
 def run_epoch(cfg, dataset, epoch, rank=0, world_size=2):
-    loader, sampler = build_pretrain_loader(
-        cfg, dataset, collate_indices, rank=rank, world_size=world_size
-    )
-    sampler.set_epoch(epoch)
-    batches = list(loader)
+    data = build_pretrain_loader(cfg, dataset, collate_indices, rank=rank, world_size=world_size)
+    data.start_epoch(epoch)
+    batches = list(data.loader)
     return torch.cat([b[0] for b in batches]), [i for b in batches for i in b[1]], batches
 
 
 def test_pretrain_loader_batches_and_order():
     cfg = fmnist_cfg(None, batch_size=4, seed=3)
     dataset = tiny_dataset(cfg)
-    loader, sampler = build_pretrain_loader(cfg, dataset, collate_indices, rank=0, world_size=2)
-    assert (
-        loader.batch_size == 2 and loader.drop_last and isinstance(sampler, data.DistributedSampler)
-    )
+    pretrain = build_pretrain_loader(cfg, dataset, collate_indices, rank=0, world_size=2)
+    loader = pretrain.loader
+    assert loader.batch_size == 2 and loader.drop_last
+    assert isinstance(pretrain.sampler, data.DistributedSampler)
+    assert pretrain.steps_per_epoch == 2 and pretrain.local_batch_size == 2
     # 11 items over 2 ranks -> 5 per rank -> two full batches of 2, the last item dropped.
     images, order, batches = run_epoch(cfg, dataset, epoch=0)
     assert len(loader) == 2 and [len(b[1]) for b in batches] == [2, 2]
@@ -337,11 +345,14 @@ def test_pretrain_crops_depend_only_on_seed_epoch_index():
     cfg = fmnist_cfg(None, batch_size=4, seed=5, crop_scale=(0.2, 0.5))
     dataset = tiny_dataset(cfg)
     serial = [run_epoch(cfg, dataset, epoch=e, world_size=1)[0] for e in (0, 1)]
-    # Two persistent workers across both epochs: same crops as a fresh serial run.
-    loader, sampler = build_pretrain_loader(cfg.replace(num_workers=2), dataset, collate_indices)
+    # Two workers, forked again each epoch: same crops as a serial run.
+    pretrain = build_pretrain_loader(cfg.replace(num_workers=2), dataset, collate_indices)
+    loader = pretrain.loader
     for epoch, want in enumerate(serial):
-        sampler.set_epoch(epoch)
+        pretrain.start_epoch(epoch)
         assert torch.equal(torch.cat([b[0] for b in loader]), want)
+    pretrain.start_epoch(1, skip_batches=1)  # a resumed epoch skips the batches it trained on
+    assert torch.equal(torch.cat([b[0] for b in loader]), serial[1][cfg.batch_size :])
     assert not torch.equal(serial[0], serial[1])
     state = torch.get_rng_state()
     loader.dataset[(0, 0)]

@@ -19,15 +19,14 @@ from jepa.checkpoint import CheckpointError
 from jepa.config import JEPAConfig
 from jepa.evaluate import (
     PixelEncoder,
-    collect_results,
     evaluate,
     extract,
     load_pretrained,
     probe,
-    report,
     resolve_checkpoint,
 )
 from jepa.features import load_features
+from jepa.report import collect_results, report_evaluations
 
 # A model small enough for a few CPU steps: 28x28 images, 4x4 patches, 2 blocks of width 48.
 TINY = dict(
@@ -158,7 +157,7 @@ def test_evaluate_writes_probe_metrics_and_table(evaluated):
 
 def test_report_combines_evaluations(evaluated, tmp_path):
     _, out, results = evaluated
-    paths = report(
+    paths = report_evaluations(
         [("tiny", out), (None, out / "probe" / "pixels.json")], tmp_path, references=False
     )
     table = Path(paths["markdown"]).read_text()

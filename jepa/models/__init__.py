@@ -1,5 +1,6 @@
-"""Networks: the ViT encoder and the I-JEPA predictor."""
+"""Networks: the ViT encoder and the I-JEPA predictor, and the I-JEPA module that owns them."""
 
+from jepa.models.ijepa import IJEPA
 from jepa.models.vit import (
     VisionTransformer,
     VisionTransformerPredictor,
@@ -11,6 +12,7 @@ from jepa.models.vit import (
 )
 
 __all__ = [
+    "IJEPA",
     "VisionTransformer",
     "VisionTransformerPredictor",
     "apply_masks",

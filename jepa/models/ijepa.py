@@ -1,0 +1,180 @@
+"""The I-JEPA learning algorithm as one module.
+
+`IJEPA` owns the three networks and everything that ties them together: the context
+encoder and the predictor (trained), the target encoder (an EMA of the context encoder,
+never given gradients), the regression loss, the EMA update, the AdamW parameter groups,
+and the DDP / `torch.compile` wrapping of the networks. The training loop in
+`jepa.train` only drives it:
+
+    loss, predictions = model(images, masks_context, masks_target)
+    loss.backward(); optimizer.step()
+    model.update_target(momentum)
+
+Per batch (Assran et al. 2023, Sec. 3): the target encoder embeds the whole image and
+the target blocks' tokens are gathered from its layer-normed output; the context
+encoder embeds only the context block's patches; the predictor, given the context
+tokens and mask tokens at the target positions, regresses the target tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from jepa.ema import ema_update
+from jepa.models.vit import (
+    VisionTransformer,
+    VisionTransformerPredictor,
+    apply_masks,
+    build_encoder,
+    build_predictor,
+    repeat_interleave_batch,
+)
+
+LOSSES = {"smooth_l1": F.smooth_l1_loss, "l2": F.mse_loss}
+
+
+@dataclass
+class _Runners:
+    """The callables a training step runs: the networks, possibly DDP/compile-wrapped.
+
+    Kept apart from the module's own attributes so that wrappers never enter
+    `state_dict()` and the plain networks stay one attribute away.
+    """
+
+    encoder: nn.Module
+    predictor: nn.Module
+    target_encoder: nn.Module
+    ddp: tuple[DistributedDataParallel, ...] = ()
+
+
+class IJEPA(nn.Module):
+    """Context encoder, predictor and EMA target encoder, with the I-JEPA objective."""
+
+    def __init__(
+        self, encoder: VisionTransformer, predictor: VisionTransformerPredictor, loss: str
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r} is not one of {', '.join(map(repr, LOSSES))}")
+        self.encoder = encoder
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.loss_name = loss
+        self.runners = _Runners(encoder, predictor, self.target_encoder)
+
+    @classmethod
+    def from_config(cls, cfg) -> IJEPA:
+        """The networks a `JEPAConfig` describes, initialised from `cfg.seed` (the same
+        weights on every rank)."""
+        torch.manual_seed(cfg.seed)
+        return cls(build_encoder(cfg), build_predictor(cfg), cfg.loss)
+
+    # ---- the objective ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def forward_target(
+        self, images: torch.Tensor, masks_target: Sequence[torch.Tensor], num_context: int
+    ) -> torch.Tensor:
+        """Regression targets `(M_tgt*M_ctx*B, K_tgt, D)`: the target encoder's layer-normed
+        tokens at each target block, repeated once per context block."""
+        h = self.runners.target_encoder(images)
+        h = F.layer_norm(h, (h.size(-1),))
+        h = apply_masks(h, masks_target)
+        return repeat_interleave_batch(h, images.size(0), num_context)
+
+    def forward_context(
+        self,
+        images: torch.Tensor,
+        masks_context: Sequence[torch.Tensor],
+        masks_target: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Predictions `(M_tgt*M_ctx*B, K_tgt, D)` of the target tokens from the context."""
+        z = self.runners.encoder(images, masks_context)
+        return self.runners.predictor(z, masks_context, masks_target)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        masks_context: Sequence[torch.Tensor],
+        masks_target: Sequence[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The I-JEPA loss on one batch and the (detached) predictions.
+
+        images `(B, C, H, W)`; masks: lists of `(B, K)` patch-index tensors.
+        """
+        targets = self.forward_target(images, masks_target, len(masks_context))
+        predictions = self.forward_context(images, masks_context, masks_target)
+        loss = LOSSES[self.loss_name](predictions, targets.to(predictions.dtype))
+        return loss, predictions.detach()
+
+    @torch.no_grad()
+    def target_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The target encoder's layer-normed tokens `(B, N, D)` (for diagnostics)."""
+        h = self.runners.target_encoder(images)
+        return F.layer_norm(h.float(), (h.size(-1),))
+
+    # ---- learning ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """`target ← momentum · target + (1 − momentum) · context encoder`."""
+        ema_update(self.target_encoder, self.encoder, momentum)
+
+    def trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """`(name, parameter)` of the context encoder and the predictor."""
+        for prefix, module in (("encoder", self.encoder), ("predictor", self.predictor)):
+            for name, p in module.named_parameters(prefix=prefix):
+                if p.requires_grad:
+                    yield name, p
+
+    def param_groups(self) -> list[dict]:
+        """Two AdamW groups: weight decay on matrices, none on biases and 1-D parameters."""
+        decay, no_decay = [], []
+        for name, p in self.trainable():
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        return [
+            {"params": decay, "apply_wd": True},
+            {"params": no_decay, "apply_wd": False, "weight_decay": 0.0},
+        ]
+
+    # ---- placement ----------------------------------------------------------------------------
+
+    def wrap(self, *, distributed: bool, compile: bool) -> IJEPA:  # noqa: A002
+        """Wrap the trained networks in DDP (across the process group) and compile all
+        three when asked. The plain networks stay `self.encoder` etc.; returns self."""
+        encoder, predictor, target = self.encoder, self.predictor, self.target_encoder
+        ddp: tuple[DistributedDataParallel, ...] = ()
+        if distributed:
+            device = next(self.encoder.parameters()).device
+            ids = [device.index] if device.type == "cuda" else None
+            encoder = DistributedDataParallel(encoder, device_ids=ids, static_graph=True)
+            predictor = DistributedDataParallel(predictor, device_ids=ids, static_graph=True)
+            ddp = (encoder, predictor)
+        if compile:
+            encoder, predictor, target = (torch.compile(m) for m in (encoder, predictor, target))
+        self.runners = _Runners(encoder, predictor, target, ddp)
+        return self
+
+    def no_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        """Skip DDP's gradient all-reduce (all but the last micro-batch of an accumulation)."""
+        stack = contextlib.ExitStack()
+        if enabled:
+            for module in self.runners.ddp:
+                stack.enter_context(module.no_sync())
+        return stack
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The three plain networks by checkpoint name."""
+        return {
+            "encoder": self.encoder,
+            "predictor": self.predictor,
+            "target_encoder": self.target_encoder,
+        }
