@@ -79,15 +79,6 @@ def feature_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
     return out_dir / f"{split}_features.npy", out_dir / f"{split}_labels.npy"
 
 
-def save_features(out_dir: Path, split: str, features: np.ndarray, labels: np.ndarray) -> None:
-    """Write `features (N, D)` as float32 and `labels (N,)` as int64, atomically."""
-    features, labels = _check_pair(np.asarray(features), np.asarray(labels))
-    for path, array in zip(feature_paths(out_dir, split), (features, labels), strict=True):
-        with atomic_output(path) as tmp, open(tmp, "wb") as f:
-            # A file object, not a name: np.save would append ".npy" to the temporary name.
-            np.save(f, array)
-
-
 def load_features(out_dir: Path, split: str, *, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """`(features (N, D) float32, labels (N,) int64)`, memory-mapped read-only when `mmap`."""
     paths = feature_paths(out_dir, split)

@@ -451,18 +451,3 @@ def knn_accuracy(
     predicted = classes[votes.argmax(1).cpu().numpy()]
     top1 = float(np.mean(predicted == np.asarray(test_y, dtype=np.int64)))
     return {"knn_top1": top1, "k": k, "temperature": temperature}
-
-
-def pixel_features(loader: Iterable) -> tuple[np.ndarray, np.ndarray]:
-    """Raw-pixel baseline: the loader's (normalised) images flattened → `(N, C*H*W)` float32,
-    labels `(N,)` int64. `None` batches (every item unreadable) are skipped."""
-    features, labels = [], []
-    for batch in loader:
-        if batch is None:
-            continue
-        images, ys = batch[0], batch[1]
-        features.append(torch.as_tensor(images).flatten(1).float().numpy())
-        labels.append(torch.as_tensor(ys).long().numpy())
-    if not features:
-        raise ValueError("the loader yielded no images; check the dataset and its split")
-    return np.concatenate(features), np.concatenate(labels)

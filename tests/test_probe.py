@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from jepa import probe
 from jepa.probe import (
     classification_metrics,
     knn_accuracy,
     linear_probe,
-    pixel_features,
     stratified_holdout,
 )
 
@@ -235,12 +233,3 @@ def test_knn_uninformative_labels_is_chance() -> None:
     assert knn_accuracy(train_x, train_y, test_x, test_y)["knn_top1"] < 0.2
 
 
-def test_pixel_features_flattens_and_skips_empty_batches() -> None:
-    images = torch.randn(5, 2, 3, 3)
-    labels = torch.tensor([0, 1, 0, 1, 2])
-    dataset = TensorDataset(images, labels, torch.arange(5))
-    batches = [None, *DataLoader(dataset, batch_size=2)]
-    features, ys = pixel_features(batches)
-    assert features.shape == (5, 18) and features.dtype == np.float32
-    np.testing.assert_array_equal(features, images.flatten(1).numpy())
-    np.testing.assert_array_equal(ys, labels.numpy())
