@@ -16,7 +16,10 @@ from torch import nn
 from jepa import checkpoint as ckpt
 from jepa.checkpoint import CheckpointError
 from jepa.config import JEPAConfig
-from jepa.models import VisionTransformer, build_encoder, build_predictor
+from jepa.models import VisionTransformer, apply_masks, build_encoder, build_predictor
+
+# Files written by an earlier version of the library (tests/fixtures/make_fixtures.py).
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +256,70 @@ def test_load_encoder_from_training_checkpoint(
             assert torch.equal(model(x), parts[which].eval()(x))
     with pytest.raises(CheckpointError, match="predictor"):
         ckpt.load_encoder(path, which="predictor")
+
+
+# --------------------------------------------------------------------------- old files
+
+
+def fixture_groups(encoder: nn.Module, predictor: nn.Module) -> list[dict]:
+    """The fixture run's AdamW groups: decay on matrices, then biases and 1-D parameters."""
+    named = [*encoder.named_parameters(), *predictor.named_parameters()]
+    no_decay = [p for name, p in named if p.ndim <= 1 or name.endswith(".bias")]
+    decay = [p for name, p in named if not (p.ndim <= 1 or name.endswith(".bias"))]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def test_old_checkpoint_loads_with_its_own_config() -> None:
+    path = FIXTURES / "run" / "checkpoints" / "latest.pt"
+    cfg = JEPAConfig.from_dict(ckpt.load_checkpoint(path)["config"])
+    state = ckpt.load_checkpoint(path, cfg=cfg)  # the config-hash guard accepts it
+    assert (state["step"], state["epoch"]) == (2, 0)
+    assert state["encoder_args"] == build_encoder(cfg).model_args()
+    assert state["predictor_args"] == build_predictor(cfg).model_args()
+
+
+def test_old_checkpoint_resumes_one_more_step() -> None:
+    path = FIXTURES / "run" / "checkpoints" / "latest.pt"
+    cfg = JEPAConfig.from_dict(ckpt.load_checkpoint(path)["config"])
+    state = ckpt.load_checkpoint(path, cfg=cfg)
+    encoder, predictor, target = build_encoder(cfg), build_predictor(cfg), build_encoder(cfg)
+    for model, name in ((encoder, "encoder"), (predictor, "predictor"), (target, "target_encoder")):
+        model.load_state_dict(state[name], strict=True)
+    optimizer = torch.optim.AdamW(fixture_groups(encoder, predictor), lr=cfg.lr)
+    optimizer.load_state_dict(state["optimizer"])
+    # load_state_dict pairs parameters with saved moments by position only: check the shapes.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert optimizer.state[p]["exp_avg"].shape == p.shape
+    ckpt.restore_rng_state(state["rng"])
+
+    # One I-JEPA step on the 2x2 patch grid: context patches 0-2 predict patch 3.
+    images = torch.randn(4, cfg.in_chans, cfg.image_size, cfg.image_size)
+    context, targets = [torch.tensor([[0, 1, 2]] * 4)], [torch.tensor([[3]] * 4)]
+    with torch.no_grad():
+        h = apply_masks(target(images), targets)
+    z = predictor(encoder(images, context), context, targets)
+    loss = nn.functional.smooth_l1_loss(z, nn.functional.layer_norm(h, (h.size(-1),)))
+    before = [p.detach().clone() for p in encoder.parameters()]
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, p) for a, p in zip(before, encoder.parameters(), strict=True))
+    steps = {int(s["step"]) for s in optimizer.state.values()}
+    assert steps == {state["step"] + 1}  # the moments continued from the saved step
+
+
+def test_old_encoder_export_gives_the_saved_features() -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(FIXTURES / "features.safetensors")
+    with torch.no_grad():
+        for source in (
+            FIXTURES / "run" / "encoder",
+            FIXTURES / "run" / "checkpoints" / "latest.pt",
+        ):
+            features = ckpt.load_encoder(source)(saved["images"])
+            torch.testing.assert_close(features, saved["features"], rtol=0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- official I-JEPA
