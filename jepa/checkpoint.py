@@ -2,8 +2,8 @@
 
 A training checkpoint is one `torch.save`d dict of plain values (tensors, dicts, lists,
 tuples, str/int/float/bool/None), so it loads with `weights_only=True`. It is written to a
-temporary file beside its destination and moved into place with `os.replace`, so a crash
-mid-save leaves the previous checkpoint whole. Every failure to read one raises
+temporary file beside its destination and moved into place (`jepa.io.atomic_write`), so a
+crash mid-save leaves the previous checkpoint whole. Every failure to read one raises
 `CheckpointError` naming the file and the fix: a caller can never mistake a damaged or
 foreign file for "no checkpoint" and restart from step 0.
 
@@ -25,14 +25,11 @@ An exported encoder is a directory with `encoder.safetensors` and `encoder.json`
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
 import pickle
 import random
 import re
-import uuid
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -48,6 +45,7 @@ from safetensors.torch import save_file as save_safetensors
 from torch import nn
 
 from jepa.config import JEPAConfig
+from jepa.io import atomic_write, write_text
 from jepa.models.vit import VisionTransformer, sincos_pos_embed_2d
 
 FORMAT = "jepa-checkpoint"
@@ -77,50 +75,9 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """`torch.save(obj)` to `path` atomically: a temp file beside it, fsync, `os.replace`.
-
-    On any failure (including KeyboardInterrupt) the temp file is removed and an existing
-    file at `path` is left untouched.
-    """
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Run `write(tmp)` on a temp path in `path`'s directory, then move it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory: os.replace is only atomic within one filesystem.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); some filesystems refuse fsync on a directory."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        # The file is already in place; only its durability across a power cut is unknown.
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    """`torch.save(obj)` to `path` atomically (`jepa.io.atomic_write`): a crash mid-save
+    leaves an existing file at `path` untouched and no temporary file behind."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -408,8 +365,8 @@ def export_encoder(encoder: nn.Module, out_dir: Path, *, meta: dict | None = Non
     # One metadata key: safetensors stores the header map in no fixed order, and two keys
     # made identical weights produce different bytes (DVC then reruns everything after).
     metadata = {"model_args": json.dumps(args, sort_keys=True)}
-    _atomic_write(out_dir / ENCODER_WEIGHTS, lambda tmp: save_safetensors(tensors, tmp, metadata))
-    _atomic_write(out_dir / ENCODER_INFO, lambda tmp: tmp.write_text(info + "\n"))
+    atomic_write(out_dir / ENCODER_WEIGHTS, lambda tmp: save_safetensors(tensors, tmp, metadata))
+    write_text(out_dir / ENCODER_INFO, info + "\n")
     return out_dir
 
 

@@ -42,8 +42,8 @@ from jepa.features import (
     extract_dataset_features,
     load_features,
     resolve_device,
-    write_json,
 )
+from jepa.io import write_json
 
 log = logging.getLogger("jepa.evaluate")
 

@@ -25,9 +25,12 @@ repository. Opened inside a git repository that has no `.dvc/`, dvclive (3.49) r
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from pathlib import Path
 from typing import Any
+
+from jepa.io import atomic_write
 
 # Logged in the summary but not plotted: they are not functions of training progress.
 SUMMARY_ONLY = frozenset({"epoch", "elapsed_s"})
@@ -40,6 +43,8 @@ def drop_rows_from(metrics_dir: str | Path, step: int) -> int:
     """
     removed = 0
     for path in sorted(Path(metrics_dir).rglob("*.tsv")):
+        if path.name.startswith("."):
+            continue  # the temporary file of a write that was killed (jepa.io keeps suffixes)
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
             fieldnames = list(rows[0]) if rows else None
@@ -47,13 +52,15 @@ def drop_rows_from(metrics_dir: str | Path, step: int) -> int:
         if len(kept) == len(rows):
             continue
         removed += len(rows) - len(kept)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames, delimiter="\t", lineterminator=os.linesep)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, path)
+        atomic_write(path, functools.partial(_write_tsv, fieldnames, kept))
     return removed
+
+
+def _write_tsv(fieldnames: list[str] | None, rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames, delimiter="\t", lineterminator=os.linesep)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 class LiveLogger:

@@ -21,7 +21,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from jepa.features import atomic_output
+from jepa.io import atomic_output, atomic_write, write_text
 
 COLUMNS = (
     "name",
@@ -200,8 +200,7 @@ def _write_figure(rows: Sequence[dict], path: Path, loss_curves: dict | None) ->
         axes[0].set_axis_off()
     if loss_curves:
         _plot_losses(axes[1], loss_curves)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def write_report(
@@ -221,8 +220,7 @@ def write_report(
         "csv": out_dir / "results.csv",
         "png": out_dir / "results.png",
     }
-    with atomic_output(paths["markdown"]) as tmp:
-        tmp.write_text(results_markdown(rows))
+    write_text(paths["markdown"], results_markdown(rows))
     _write_csv(rows, paths["csv"])
     _write_figure(rows, paths["png"], loss_curves)
     return paths

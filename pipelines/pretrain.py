@@ -29,11 +29,12 @@ from pathlib import Path
 
 from jepa.config import JEPAConfig
 from jepa.data import DatasetNotFoundError
+from jepa.io import write_json
 from jepa.live import LiveLogger
 from jepa.prepare import sha256_file
 from jepa.storage import CheckpointMirror
 from jepa.train import output_paths, pretrain
-from pipelines.common import load_params, run_main, write_json
+from pipelines.common import load_params, run_main
 
 log = logging.getLogger("pipelines.pretrain")
 RUN_STATE = "run.json"
