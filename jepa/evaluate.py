@@ -91,7 +91,7 @@ def random_encoder(cfg: JEPAConfig, model_args: dict | None = None) -> nn.Module
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The file or export directory that `jepa.checkpoint.load_encoder` should read.
+    """The file or export directory that `jepa.export.load_encoder` should read.
 
     Accepts an export dir, a checkpoint file, or a training run's `output_dir` (its
     `encoder/` export, else `checkpoints/latest.pt`). The seed document's
@@ -123,7 +123,7 @@ def _is_run_dir(path: Path) -> bool:
 def load_pretrained(cfg: JEPAConfig, encoder_path: str | Path) -> nn.Module:
     """The target encoder at `encoder_path` (see `resolve_checkpoint`), checked against
     `cfg`'s image channels and size."""
-    from jepa.checkpoint import load_encoder
+    from jepa.export import load_encoder
 
     encoder = load_encoder(resolve_checkpoint(encoder_path))
     args = encoder.model_args()

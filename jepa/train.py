@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from jepa import checkpoint as ckpt
-from jepa import schedules
+from jepa import export, schedules
 from jepa.config import JEPAConfig
 from jepa.data import (
     DropNoneCollate,
@@ -622,7 +622,7 @@ def write_summary(
         "config_hash": cfg.training_hash(),
     }
     target = getattr(models.target_encoder, "_orig_mod", models.target_encoder)
-    ckpt.export_encoder(
+    export.export_encoder(
         target, paths["encoder"], meta={"config_hash": cfg.training_hash(), "step": state.step}
     )
     tmp = paths["summary"].with_suffix(".json.tmp")

@@ -1,4 +1,5 @@
-"""Checkpoints: round trip, atomicity, corrupt files, config guard, export, official format."""
+"""Checkpoints (jepa.checkpoint, jepa.export, jepa.official): round trip, atomicity, corrupt files,
+config guard, export, official format, and files written by earlier versions."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from jepa import checkpoint as ckpt
+from jepa import export, official
 from jepa.checkpoint import CheckpointError
 from jepa.config import JEPAConfig
 from jepa.models import VisionTransformer, apply_masks, build_encoder, build_predictor
@@ -230,7 +232,7 @@ def test_changed_runtime_field_still_loads(tmp_path: Path, cfg: JEPAConfig, part
 
 def test_export_and_load_encoder(tmp_path: Path, cfg: JEPAConfig, parts: dict) -> None:
     encoder = parts["encoder"].eval()
-    out = ckpt.export_encoder(encoder, tmp_path / "export", meta={"step": 7})
+    out = export.export_encoder(encoder, tmp_path / "export", meta={"step": 7})
     assert json.loads((out / "encoder.json").read_text()) == {
         "model_args": encoder.model_args(),
         "step": 7,
@@ -239,9 +241,9 @@ def test_export_and_load_encoder(tmp_path: Path, cfg: JEPAConfig, parts: dict) -
     with torch.no_grad():
         expected = encoder(x)
         for source in (out, out / "encoder.safetensors", out / "encoder.json"):
-            assert torch.equal(ckpt.load_encoder(source)(x), expected), source
+            assert torch.equal(export.load_encoder(source)(x), expected), source
         (out / "encoder.json").unlink()  # the weights file alone carries model_args too
-        assert torch.equal(ckpt.load_encoder(out / "encoder.safetensors")(x), expected)
+        assert torch.equal(export.load_encoder(out / "encoder.safetensors")(x), expected)
 
 
 def test_load_encoder_from_training_checkpoint(
@@ -252,10 +254,10 @@ def test_load_encoder_from_training_checkpoint(
     x = torch.randn(2, cfg.in_chans, cfg.image_size, cfg.image_size)
     with torch.no_grad():
         for which in ("encoder", "target_encoder"):
-            model = ckpt.load_encoder(path, which=which)
+            model = export.load_encoder(path, which=which)
             assert torch.equal(model(x), parts[which].eval()(x))
     with pytest.raises(CheckpointError, match="predictor"):
-        ckpt.load_encoder(path, which="predictor")
+        export.load_encoder(path, which="predictor")
 
 
 # --------------------------------------------------------------------------- old files
@@ -318,7 +320,7 @@ def test_old_encoder_export_gives_the_saved_features() -> None:
             FIXTURES / "run" / "encoder",
             FIXTURES / "run" / "checkpoints" / "latest.pt",
         ):
-            features = ckpt.load_encoder(source)(saved["images"])
+            features = export.load_encoder(source)(saved["images"])
             torch.testing.assert_close(features, saved["features"], rtol=0, atol=1e-6)
 
 
@@ -374,7 +376,7 @@ def test_official_checkpoint_loads_exactly(
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         expected = official_source(x)
-        for load in (ckpt.load_official_checkpoint, ckpt.load_encoder):
+        for load in (official.load_official_checkpoint, export.load_encoder):
             model = load(path)
             assert model.model_args() == official_source.model_args()
             assert torch.equal(model(x), expected), load.__name__
@@ -388,7 +390,7 @@ def test_official_sincos_layout_is_ours(tmp_path: Path, official_source: VisionT
     x = torch.randn(2, 1, 28, 28)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = ckpt.load_official_checkpoint(path, which="encoder")
+        model = official.load_official_checkpoint(path, which="encoder")
     with torch.no_grad():
         assert torch.allclose(model(x), official_source(x), atol=1e-6)
 
@@ -402,11 +404,11 @@ def test_non_sincos_position_table_is_kept_with_a_warning(
     write_official(path, official_source)
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad(), pytest.warns(UserWarning, match="not sin-cos"):
-        model = ckpt.load_official_checkpoint(path, which="encoder")
+        model = official.load_official_checkpoint(path, which="encoder")
         assert torch.allclose(model(x), official_source(x), atol=1e-6)
         # The export keeps that table, so the round trip stays exact.
-        out = ckpt.export_encoder(model, tmp_path / "export")
-        assert torch.allclose(ckpt.load_encoder(out)(x), official_source(x), atol=1e-6)
+        out = export.export_encoder(model, tmp_path / "export")
+        assert torch.allclose(export.load_encoder(out)(x), official_source(x), atol=1e-6)
 
 
 def test_official_unusual_width_needs_num_heads(tmp_path: Path) -> None:
@@ -417,8 +419,8 @@ def test_official_unusual_width_needs_num_heads(tmp_path: Path) -> None:
     path = tmp_path / "odd.pth.tar"
     write_official(path, source)
     with pytest.raises(CheckpointError, match="pass num_heads"):
-        ckpt.load_official_checkpoint(path)
-    model = ckpt.load_official_checkpoint(path, num_heads=4)
+        official.load_official_checkpoint(path)
+    model = official.load_official_checkpoint(path, num_heads=4)
     assert model.model_args() == source.model_args()
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Networks: the ViT encoder and the I-JEPA predictor."""
+"""Networks: the ViT encoder and the I-JEPA predictor, and `unwrap` for their wrappers."""
 
 from jepa.models.vit import (
     VisionTransformer,
@@ -9,6 +9,7 @@ from jepa.models.vit import (
     repeat_interleave_batch,
     sincos_pos_embed_2d,
 )
+from jepa.models.wrap import unwrap
 
 __all__ = [
     "VisionTransformer",
@@ -18,4 +19,5 @@ __all__ = [
     "build_predictor",
     "repeat_interleave_batch",
     "sincos_pos_embed_2d",
+    "unwrap",
 ]
