@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -149,6 +148,8 @@ def compose_params(
 @task(cache_policy=NO_CACHE)
 def repro_stage(stage: str, repo_dir: str, timeout_s: float) -> StageRun:
     """`dvc repro --single-item <stage>` in its own process group; DVC skips it if up to date."""
+    from jepa.storage import dvc_executable
+
     logger = get_run_logger()
     env = stage_env()
 
@@ -213,15 +214,6 @@ def stage_env() -> dict[str, str]:
         "PATH": bin_dir + (os.pathsep + path if path else ""),
         "PYTHONUNBUFFERED": "1",  # stage logs reach the Prefect log as they are written
     }
-
-
-def dvc_executable() -> str:
-    """The dvc next to this interpreter (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).with_name("dvc")
-    found = str(beside) if beside.is_file() else shutil.which("dvc")
-    if found is None:
-        raise FileNotFoundError("dvc not found beside the Python interpreter or on PATH")
-    return found
 
 
 # --------------------------------------------------------------------------- flow

@@ -10,7 +10,8 @@ Endpoint: the `endpoint_url` argument, else `JEPA_S3_ENDPOINT_URL`, `AWS_ENDPOIN
 chain (env vars, `AWS_PROFILE` / `~/.aws`, instance roles); nothing here accepts keys.
 
 Every failure surfaces as `StorageError` with a message that names the endpoint, the URI and
-what to check. `run_dvc` runs the `dvc` CLI with the same contract.
+what to check. `run_dvc` runs the `dvc` CLI with the same contract; `dvc_executable` is the
+one way the project finds that CLI (a missing dvc is a `StorageError` too).
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ def run_dvc(
     dvc does exit non-zero on an unreachable remote and on failed transfers; the output check
     also catches "ERROR:" / "failed to push" lines in case a dvc version reports them with 0.
     """
-    command = [_dvc_executable(), *args]
+    command = [dvc_executable(), *args]
     try:
         proc = subprocess.run(
             command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
@@ -333,8 +334,12 @@ def run_dvc(
     return proc
 
 
-def _dvc_executable() -> str:
-    """The dvc next to this interpreter (the venv's), else the one on PATH."""
+def dvc_executable() -> str:
+    """The dvc next to this interpreter (the venv's), else the one on PATH; StorageError if none.
+
+    Beside the interpreter first: a worker started as `.venv/bin/prefect worker start`
+    without an activated venv must still run the venv's dvc.
+    """
     beside = Path(sys.executable).with_name("dvc")
     found = str(beside) if beside.is_file() else shutil.which("dvc")
     if found is None:

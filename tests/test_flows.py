@@ -34,13 +34,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from flows.pipeline import dvc_executable  # noqa: E402
 from flows.process import (  # noqa: E402
     CommandError,
     CommandTimeoutError,
     group_alive,
     run_in_process_group,
 )
+from jepa.storage import dvc_executable  # noqa: E402
 
 # ---- run_in_process_group ---------------------------------------------------------------
 
