@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from prefect import Task, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.process import CommandResult, run_in_process_group
+from jepa.io import atomic_write
 
 STAGES = ("prepare", "pretrain", "extract", "baselines", "probe", "report")
 
@@ -115,23 +114,14 @@ def compose_params_file(repo_dir: str | Path, overrides: list[str]) -> dict[str,
     """Compose `repo_dir/conf` with `overrides` into `repo_dir/params.yaml`; return its values.
 
     `pipelines.compose` calls DVC's own `compose_and_dump` (so the bytes are what `dvc exp
-    run` would write) and validates the result; it writes to a temporary file here, which
-    then replaces params.yaml in one step: a failed or interrupted composition leaves the
-    previous params.yaml whole.
+    run` would write) and validates the result; it writes through `jepa.io.atomic_write`,
+    so a failed or interrupted composition leaves the previous params.yaml whole.
     """
     from pipelines.compose import compose
 
     repo = Path(repo_dir).resolve()
-    fd, tmp = tempfile.mkstemp(prefix=f".{PARAMS_FILE}.", suffix=".yaml", dir=repo)
-    os.close(fd)
-    try:
-        compose(Path(tmp), overrides, conf_dir=repo / "conf")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, repo / PARAMS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # The temporary file keeps the .yaml suffix, from which compose_and_dump picks YAML.
+    atomic_write(repo / PARAMS_FILE, lambda tmp: compose(tmp, overrides, conf_dir=repo / "conf"))
     return yaml.safe_load((repo / PARAMS_FILE).read_text())
 
 
@@ -159,6 +149,8 @@ def compose_params(
 @task(cache_policy=NO_CACHE)
 def repro_stage(stage: str, repo_dir: str, timeout_s: float) -> StageRun:
     """`dvc repro --single-item <stage>` in its own process group; DVC skips it if up to date."""
+    from jepa.storage import dvc_executable
+
     logger = get_run_logger()
     env = stage_env()
 
@@ -223,15 +215,6 @@ def stage_env() -> dict[str, str]:
         "PATH": bin_dir + (os.pathsep + path if path else ""),
         "PYTHONUNBUFFERED": "1",  # stage logs reach the Prefect log as they are written
     }
-
-
-def dvc_executable() -> str:
-    """The dvc next to this interpreter (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).with_name("dvc")
-    found = str(beside) if beside.is_file() else shutil.which("dvc")
-    if found is None:
-        raise FileNotFoundError("dvc not found beside the Python interpreter or on PATH")
-    return found
 
 
 # --------------------------------------------------------------------------- flow

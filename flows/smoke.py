@@ -6,7 +6,6 @@ and runs them in the checkout (see docs/prefect.md); the tests run it on a sched
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,15 +13,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from jepa.io import write_json
+
 
 @flow(name="jepa-smoke")
 def smoke(marker: str = "outputs/prefect-smoke.json") -> str:
     """Write `marker` (a JSON file: flow run id, working directory, interpreter); return its path."""
     path = Path(marker).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = {"flow_run_id": flow_run.get_id(), "cwd": os.getcwd(), "python": sys.executable}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
+    write_json(path, info)
     get_run_logger().info("wrote %s", path)
     return str(path)

@@ -37,12 +37,8 @@ from torch import nn
 
 from jepa.config import JEPAConfig
 from jepa.device import resolve_device
-from jepa.features import (
-    META_FILE,
-    extract_dataset_features,
-    load_features,
-    write_json,
-)
+from jepa.features import META_FILE, extract_dataset_features, load_features
+from jepa.io import write_json
 from jepa.runs import RunFiles
 
 log = logging.getLogger("jepa.evaluate")
@@ -89,7 +85,7 @@ def random_encoder(cfg: JEPAConfig, model_args: dict | None = None) -> nn.Module
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The file or export directory that `jepa.checkpoint.load_encoder` should read.
+    """The file or export directory that `jepa.export.load_encoder` should read.
 
     Accepts an export dir, a checkpoint file, or a training run's `output_dir` (its
     `encoder/` export, else `checkpoints/latest.pt`). The seed document's
@@ -120,7 +116,7 @@ def _holds_a_run(path: Path) -> bool:
 def load_pretrained(cfg: JEPAConfig, encoder_path: str | Path) -> nn.Module:
     """The target encoder at `encoder_path` (see `resolve_checkpoint`), checked against
     `cfg`'s image channels and size."""
-    from jepa.checkpoint import load_encoder
+    from jepa.export import load_encoder
 
     encoder = load_encoder(resolve_checkpoint(encoder_path))
     args = encoder.model_args()

@@ -4,8 +4,7 @@ Features are pooled encoder outputs (`encoder.forward_features`), float32 `(N, D
 int64 labels `(N,)`. On disk a split is two `.npy` files, `{split}_features.npy` and
 `{split}_labels.npy`, so `np.load(..., mmap_mode="r")` maps them without reading them into
 memory, plus one `features.json` describing every split and the encoder that produced it.
-Every file is written under a temporary name and moved into place with `os.replace`, so a
-reader never sees a half-written file.
+Every file is written atomically (`jepa.io`), so a reader never sees a half-written file.
 
 Unreadable images come out of the eval loader as dropped items, so a split can have fewer
 rows than its dataset has items. `write_features_to_disk` streams into a memory map sized
@@ -19,10 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,43 +30,12 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from jepa.device import autocast, resolve_device
+from jepa.io import atomic_output, write_json
 
 META_FILE = "features.json"
 
 
 # ---- files ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and move it onto `path`.
-
-    On an exception the temporary file is removed and the exception propagates, so `path`
-    holds either its old content or the complete new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its 0600 mode would stick to the final file; touch honours umask.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    tmp.touch(exist_ok=False)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write `data` as sorted, indented JSON to `path`, atomically; return `path`.
-
-    Sorted keys and no timestamps: the same data gives the same bytes, which DVC relies on.
-    """
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    return path
 
 
 def feature_paths(out_dir: str | Path, split: str) -> tuple[Path, Path]:
@@ -95,18 +60,7 @@ def load_features(out_dir: Path, split: str, *, mmap: bool = True) -> tuple[np.n
 
 def write_meta(out_dir: str | Path, meta: dict) -> None:
     """Write `meta` as `out_dir/features.json`, atomically."""
-    with atomic_output(Path(out_dir) / META_FILE) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (tuple, np.ndarray)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} {value!r} is not JSON serialisable")
+    write_json(Path(out_dir) / META_FILE, meta)
 
 
 def _check_pair(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from jepa.config import JEPAConfig
 from jepa.data import build_dataset, source_files
-from jepa.features import write_json
+from jepa.io import write_json
 
 SPLITS = ("train", "test")
 MANIFEST_VERSION = 1

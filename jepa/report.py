@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from jepa.config import MODEL_SIZES
 from jepa.evaluate import KINDS as ENCODER_KINDS
-from jepa.features import atomic_output
+from jepa.io import atomic_output, atomic_write, write_text
 from jepa.runs import RunFiles
 
 COLUMNS = (
@@ -204,8 +204,7 @@ def _write_figure(rows: Sequence[dict], path: Path, loss_curves: dict | None) ->
         axes[0].set_axis_off()
     if loss_curves:
         _plot_losses(axes[1], loss_curves)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def write_report(
@@ -225,8 +224,7 @@ def write_report(
         "csv": out_dir / "results.csv",
         "png": out_dir / "results.png",
     }
-    with atomic_output(paths["markdown"]) as tmp:
-        tmp.write_text(results_markdown(rows))
+    write_text(paths["markdown"], results_markdown(rows))
     _write_csv(rows, paths["csv"])
     _write_figure(rows, paths["png"], loss_curves)
     return paths

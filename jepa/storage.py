@@ -10,7 +10,8 @@ Endpoint: the `endpoint_url` argument, else `JEPA_S3_ENDPOINT_URL`, `AWS_ENDPOIN
 chain (env vars, `AWS_PROFILE` / `~/.aws`, instance roles); nothing here accepts keys.
 
 Every failure surfaces as `StorageError` with a message that names the endpoint, the URI and
-what to check. `run_dvc` runs the `dvc` CLI with the same contract.
+what to check. `run_dvc` runs the `dvc` CLI with the same contract; `dvc_executable` is the
+one way the project finds that CLI (a missing dvc is a `StorageError` too).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from s3transfer.exceptions import RetriesExceededError
+
+from jepa.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -184,33 +187,20 @@ def _verify_upload(client: Any, bucket: str, key: str, size: int, md5: str | Non
 
 
 def download_file(uri: str, local: Path, *, client: Any = None) -> Path:
-    """Download the object `uri` to `local` atomically (temp file + os.replace); return it."""
+    """Download the object `uri` to `local` atomically (`jepa.io.atomic_write`); return it."""
     _object_location(uri)
-    local = Path(local)
-    local.parent.mkdir(parents=True, exist_ok=True)
     client = client if client is not None else s3_client()
-    tmp = _download_to_temp(client, uri, local.parent)
-    os.replace(tmp, local)
-    return local
+    return atomic_write(local, lambda tmp: _download(client, uri, tmp))
 
 
-def _download_to_temp(client: Any, uri: str, directory: Path) -> Path:
-    """Download `uri` to a new hidden temp file in `directory`; remove it on failure."""
+def _download(client: Any, uri: str, dest: Path) -> None:
+    """Write the object `uri` into the file `dest` (a temporary file of `atomic_write`)."""
     bucket, key = _object_location(uri)
-    fd, name = tempfile.mkstemp(dir=directory, prefix=".", suffix=".s3part")
-    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(dest, "wb") as f:
             client.download_fileobj(bucket, key, f)
-            f.flush()
-            os.fsync(f.fileno())
     except _S3_ERRORS as exc:
-        tmp.unlink(missing_ok=True)
         raise _storage_error(exc, client, "downloading", uri) from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def exists(uri: str, *, client: Any = None) -> bool:
@@ -306,18 +296,18 @@ class CheckpointMirror:
         dest = Path(dest)
         if dest.is_dir():
             dest = dest / "latest.pt"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _download_to_temp(self.client, self.checkpoint_uri, dest.parent)
+        return atomic_write(dest, lambda tmp: self._download_verified(tmp, record["sha256"]))
+
+    def _download_verified(self, tmp: Path, sha256: str) -> None:
+        """Download latest.pt into `tmp`; StorageError unless its sha256 is `sha256`."""
+        _download(self.client, self.checkpoint_uri, tmp)
         actual = _file_digest(tmp, "sha256")
-        if actual != record["sha256"]:
-            tmp.unlink()
+        if actual != sha256:
             raise StorageError(
                 f"{self.checkpoint_uri} has sha256 {actual} but {self.metadata_uri} says "
-                f"{record['sha256']}: the object is corrupt or a push is in progress; "
+                f"{sha256}: the object is corrupt or a push is in progress; "
                 f"retry, or push the checkpoint again"
             )
-        os.replace(tmp, dest)
-        return dest
 
 
 def run_dvc(
@@ -328,7 +318,7 @@ def run_dvc(
     dvc does exit non-zero on an unreachable remote and on failed transfers; the output check
     also catches "ERROR:" / "failed to push" lines in case a dvc version reports them with 0.
     """
-    command = [_dvc_executable(), *args]
+    command = [dvc_executable(), *args]
     try:
         proc = subprocess.run(
             command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
@@ -344,8 +334,12 @@ def run_dvc(
     return proc
 
 
-def _dvc_executable() -> str:
-    """The dvc next to this interpreter (the venv's), else the one on PATH."""
+def dvc_executable() -> str:
+    """The dvc next to this interpreter (the venv's), else the one on PATH; StorageError if none.
+
+    Beside the interpreter first: a worker started as `.venv/bin/prefect worker start`
+    without an activated venv must still run the venv's dvc.
+    """
     beside = Path(sys.executable).with_name("dvc")
     found = str(beside) if beside.is_file() else shutil.which("dvc")
     if found is None:

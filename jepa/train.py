@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from jepa import checkpoint as ckpt
 from jepa import schedules
-from jepa.checkpoint import export_encoder
 from jepa.config import JEPAConfig
 from jepa.data import PretrainLoader, build_dataset, build_pretrain_loader
 from jepa.device import autocast
@@ -43,7 +42,8 @@ from jepa.distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from jepa.features import write_json
+from jepa.export import export_encoder
+from jepa.io import write_json
 from jepa.masks import MaskedBatch, build_collator
 from jepa.models import IJEPA
 from jepa.runs import RunFiles, decide_resume

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from jepa.data import DatasetNotFoundError
 from jepa.evaluate import extract, headline, probe
-from pipelines.common import evaluation_config, load_params, run_main, write_json
+from jepa.io import write_json
+from pipelines.common import evaluation_config, load_params, run_main
 
 log = logging.getLogger("pipelines.baselines")
 KINDS = ("pixels", "random")

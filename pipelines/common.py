@@ -1,4 +1,4 @@
-"""What every stage main shares: reading params.yaml, atomic JSON, logging, errors."""
+"""What every stage main shares: reading params.yaml, logging, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 
 from jepa.config import ConfigError, JEPAConfig
-from jepa.features import write_json  # noqa: F401  (the stages import it from here)
 
 # Keys of params.yaml that belong to the pipeline, not to JEPAConfig, with their types.
 # Everything else must be a JEPAConfig field: a typo fails with the key's name.

@@ -14,7 +14,8 @@ import logging
 from pathlib import Path
 
 from jepa.evaluate import headline, probe
-from pipelines.common import load_params, run_main, write_json
+from jepa.io import write_json
+from pipelines.common import load_params, run_main
 
 log = logging.getLogger("pipelines.probe")
 

@@ -1,4 +1,5 @@
-"""Checkpoints: round trip, atomicity, corrupt files, config guard, export, official format."""
+"""Checkpoints (jepa.checkpoint, jepa.export, jepa.official): round trip, atomicity, corrupt files,
+config guard, export, official format, and files written by earlier versions."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import torch
 from torch import nn
 
 from jepa import checkpoint as ckpt
+from jepa import export, official
 from jepa.checkpoint import CheckpointError
 from jepa.config import JEPAConfig
-from jepa.models import VisionTransformer, build_encoder, build_predictor
+from jepa.models import VisionTransformer, apply_masks, build_encoder, build_predictor
+
+# Files written by an earlier version of the library (tests/fixtures/make_fixtures.py).
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +232,7 @@ def test_changed_runtime_field_still_loads(tmp_path: Path, cfg: JEPAConfig, part
 
 def test_export_and_load_encoder(tmp_path: Path, cfg: JEPAConfig, parts: dict) -> None:
     encoder = parts["encoder"].eval()
-    out = ckpt.export_encoder(encoder, tmp_path / "export", meta={"step": 7})
+    out = export.export_encoder(encoder, tmp_path / "export", meta={"step": 7})
     assert json.loads((out / "encoder.json").read_text()) == {
         "model_args": encoder.model_args(),
         "step": 7,
@@ -236,9 +241,9 @@ def test_export_and_load_encoder(tmp_path: Path, cfg: JEPAConfig, parts: dict) -
     with torch.no_grad():
         expected = encoder(x)
         for source in (out, out / "encoder.safetensors", out / "encoder.json"):
-            assert torch.equal(ckpt.load_encoder(source)(x), expected), source
+            assert torch.equal(export.load_encoder(source)(x), expected), source
         (out / "encoder.json").unlink()  # the weights file alone carries model_args too
-        assert torch.equal(ckpt.load_encoder(out / "encoder.safetensors")(x), expected)
+        assert torch.equal(export.load_encoder(out / "encoder.safetensors")(x), expected)
 
 
 def test_load_encoder_from_training_checkpoint(
@@ -249,10 +254,74 @@ def test_load_encoder_from_training_checkpoint(
     x = torch.randn(2, cfg.in_chans, cfg.image_size, cfg.image_size)
     with torch.no_grad():
         for which in ("encoder", "target_encoder"):
-            model = ckpt.load_encoder(path, which=which)
+            model = export.load_encoder(path, which=which)
             assert torch.equal(model(x), parts[which].eval()(x))
     with pytest.raises(CheckpointError, match="predictor"):
-        ckpt.load_encoder(path, which="predictor")
+        export.load_encoder(path, which="predictor")
+
+
+# --------------------------------------------------------------------------- old files
+
+
+def fixture_groups(encoder: nn.Module, predictor: nn.Module) -> list[dict]:
+    """The fixture run's AdamW groups: decay on matrices, then biases and 1-D parameters."""
+    named = [*encoder.named_parameters(), *predictor.named_parameters()]
+    no_decay = [p for name, p in named if p.ndim <= 1 or name.endswith(".bias")]
+    decay = [p for name, p in named if not (p.ndim <= 1 or name.endswith(".bias"))]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def test_old_checkpoint_loads_with_its_own_config() -> None:
+    path = FIXTURES / "run" / "checkpoints" / "latest.pt"
+    cfg = JEPAConfig.from_dict(ckpt.load_checkpoint(path)["config"])
+    state = ckpt.load_checkpoint(path, cfg=cfg)  # the config-hash guard accepts it
+    assert (state["step"], state["epoch"]) == (2, 0)
+    assert state["encoder_args"] == build_encoder(cfg).model_args()
+    assert state["predictor_args"] == build_predictor(cfg).model_args()
+
+
+def test_old_checkpoint_resumes_one_more_step() -> None:
+    path = FIXTURES / "run" / "checkpoints" / "latest.pt"
+    cfg = JEPAConfig.from_dict(ckpt.load_checkpoint(path)["config"])
+    state = ckpt.load_checkpoint(path, cfg=cfg)
+    encoder, predictor, target = build_encoder(cfg), build_predictor(cfg), build_encoder(cfg)
+    for model, name in ((encoder, "encoder"), (predictor, "predictor"), (target, "target_encoder")):
+        model.load_state_dict(state[name], strict=True)
+    optimizer = torch.optim.AdamW(fixture_groups(encoder, predictor), lr=cfg.lr)
+    optimizer.load_state_dict(state["optimizer"])
+    # load_state_dict pairs parameters with saved moments by position only: check the shapes.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert optimizer.state[p]["exp_avg"].shape == p.shape
+    ckpt.restore_rng_state(state["rng"])
+
+    # One I-JEPA step on the 2x2 patch grid: context patches 0-2 predict patch 3.
+    images = torch.randn(4, cfg.in_chans, cfg.image_size, cfg.image_size)
+    context, targets = [torch.tensor([[0, 1, 2]] * 4)], [torch.tensor([[3]] * 4)]
+    with torch.no_grad():
+        h = apply_masks(target(images), targets)
+    z = predictor(encoder(images, context), context, targets)
+    loss = nn.functional.smooth_l1_loss(z, nn.functional.layer_norm(h, (h.size(-1),)))
+    before = [p.detach().clone() for p in encoder.parameters()]
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, p) for a, p in zip(before, encoder.parameters(), strict=True))
+    steps = {int(s["step"]) for s in optimizer.state.values()}
+    assert steps == {state["step"] + 1}  # the moments continued from the saved step
+
+
+def test_old_encoder_export_gives_the_saved_features() -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(FIXTURES / "features.safetensors")
+    with torch.no_grad():
+        for source in (
+            FIXTURES / "run" / "encoder",
+            FIXTURES / "run" / "checkpoints" / "latest.pt",
+        ):
+            features = export.load_encoder(source)(saved["images"])
+            torch.testing.assert_close(features, saved["features"], rtol=0, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- official I-JEPA
@@ -307,7 +376,7 @@ def test_official_checkpoint_loads_exactly(
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         expected = official_source(x)
-        for load in (ckpt.load_official_checkpoint, ckpt.load_encoder):
+        for load in (official.load_official_checkpoint, export.load_encoder):
             model = load(path)
             assert model.model_args() == official_source.model_args()
             assert torch.equal(model(x), expected), load.__name__
@@ -321,7 +390,7 @@ def test_official_sincos_layout_is_ours(tmp_path: Path, official_source: VisionT
     x = torch.randn(2, 1, 28, 28)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = ckpt.load_official_checkpoint(path, which="encoder")
+        model = official.load_official_checkpoint(path, which="encoder")
     with torch.no_grad():
         assert torch.allclose(model(x), official_source(x), atol=1e-6)
 
@@ -335,11 +404,11 @@ def test_non_sincos_position_table_is_kept_with_a_warning(
     write_official(path, official_source)
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad(), pytest.warns(UserWarning, match="not sin-cos"):
-        model = ckpt.load_official_checkpoint(path, which="encoder")
+        model = official.load_official_checkpoint(path, which="encoder")
         assert torch.allclose(model(x), official_source(x), atol=1e-6)
         # The export keeps that table, so the round trip stays exact.
-        out = ckpt.export_encoder(model, tmp_path / "export")
-        assert torch.allclose(ckpt.load_encoder(out)(x), official_source(x), atol=1e-6)
+        out = export.export_encoder(model, tmp_path / "export")
+        assert torch.allclose(export.load_encoder(out)(x), official_source(x), atol=1e-6)
 
 
 def test_official_unusual_width_needs_num_heads(tmp_path: Path) -> None:
@@ -350,8 +419,8 @@ def test_official_unusual_width_needs_num_heads(tmp_path: Path) -> None:
     path = tmp_path / "odd.pth.tar"
     write_official(path, source)
     with pytest.raises(CheckpointError, match="pass num_heads"):
-        ckpt.load_official_checkpoint(path)
-    model = ckpt.load_official_checkpoint(path, num_heads=4)
+        official.load_official_checkpoint(path)
+    model = official.load_official_checkpoint(path, num_heads=4)
     assert model.model_args() == source.model_args()
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():

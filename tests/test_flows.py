@@ -31,13 +31,13 @@ os.environ["DO_NOT_TRACK"] = "1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # After PREFECT_HOME is set: prefect reads its settings at import.
-from flows.pipeline import dvc_executable  # noqa: E402
 from flows.process import (  # noqa: E402
     CommandError,
     CommandTimeoutError,
     group_alive,
     run_in_process_group,
 )
+from jepa.storage import dvc_executable  # noqa: E402
 
 # ---- run_in_process_group ---------------------------------------------------------------
 

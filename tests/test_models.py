@@ -1,4 +1,4 @@
-"""Encoder and predictor: shapes, finiteness, gradients, position embeddings."""
+"""Encoder and predictor: shapes, finiteness, gradients, position embeddings, unwrapping."""
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ from jepa.models import (
     build_predictor,
     repeat_interleave_batch,
     sincos_pos_embed_2d,
+    unwrap,
 )
 
 
@@ -124,3 +125,11 @@ def test_forward_features_pools_and_concatenates_last_blocks():
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(enc.forward_features(x), enc(x).mean(1))
     assert enc.forward_features(x, num_last_blocks=2).shape == (2, 96)
+
+
+def test_unwrap_reaches_the_plain_module_under_every_wrapper():
+    model = torch.nn.Linear(2, 2)
+    # torch.compile compiles on the first call only: wrapping costs nothing here.
+    wrapped = torch.compile(torch.nn.DataParallel(torch.compile(model)))
+    assert unwrap(wrapped) is model
+    assert unwrap(model) is model

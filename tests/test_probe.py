@@ -231,5 +231,3 @@ def test_knn_uninformative_labels_is_chance() -> None:
     train_x, train_y = unstructured(600, seed=1)
     test_x, test_y = unstructured(400, seed=2)
     assert knn_accuracy(train_x, train_y, test_x, test_y)["knn_top1"] < 0.2
-
-

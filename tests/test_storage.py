@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from jepa.storage import (
     CheckpointMirror,
     StorageError,
     download_file,
+    dvc_executable,
     exists,
     parse_s3_uri,
     run_dvc,
@@ -293,6 +295,17 @@ def test_pull_rejects_tampered_checkpoint(s3_server, s3_bucket, tmp_path) -> Non
 
 
 # --- the real dvc CLI against the same server -------------------------------------------
+
+
+def test_dvc_executable_prefers_the_interpreters_own(tmp_path, monkeypatch) -> None:
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    with pytest.raises(StorageError, match=r"dvc not found.*install dvc\[s3\]"):
+        dvc_executable()
+    (bin_dir / "dvc").write_text("#!/bin/sh\n")
+    assert dvc_executable() == str(bin_dir / "dvc")
 
 
 def _dvc_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, bytes]:

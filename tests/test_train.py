@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from jepa import checkpoint as ckpt
+from jepa import export
 from jepa.config import JEPAConfig
 from jepa.train import NonFiniteLossError, pretrain
 
@@ -83,7 +84,7 @@ def test_run_writes_its_outputs_and_the_loss_falls(reference_run):
     losses = [r["loss"] for r in metric_rows(out) if "loss" in r]
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert any("effective_rank" in r for r in metric_rows(out))
-    encoder = ckpt.load_encoder(out / "encoder")
+    encoder = export.load_encoder(out / "encoder")
     assert encoder.forward_features(torch.zeros(2, 1, 28, 28)).shape == (2, 32)
 
 

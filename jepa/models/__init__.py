@@ -1,4 +1,5 @@
-"""Networks: the ViT encoder and the I-JEPA predictor, and the I-JEPA module that owns them."""
+"""Networks: the ViT encoder and the I-JEPA predictor, the I-JEPA module that owns them,
+and `unwrap` for their wrappers."""
 
 from jepa.models.ijepa import IJEPA
 from jepa.models.vit import (
@@ -10,6 +11,7 @@ from jepa.models.vit import (
     repeat_interleave_batch,
     sincos_pos_embed_2d,
 )
+from jepa.models.wrap import unwrap
 
 __all__ = [
     "IJEPA",
@@ -20,4 +22,5 @@ __all__ = [
     "build_predictor",
     "repeat_interleave_batch",
     "sincos_pos_embed_2d",
+    "unwrap",
 ]
