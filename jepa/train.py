@@ -194,9 +194,50 @@ class Run:
     last_loss: float = math.nan
     start_time: float = field(default_factory=time.perf_counter)
     monitor: CollapseMonitor = field(default_factory=CollapseMonitor)
+    # The latest loss and whether any loss since the last read was non-finite, both still
+    # on the device: reading them waits for the device, so it happens only every few steps.
+    pending: tuple[torch.Tensor, torch.Tensor] | None = None
+    last_read_step: int = 0
 
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.cfg, self.data.steps_per_epoch)
+        self.last_read_step = self.step
+
+    def watch_loss(self, loss: torch.Tensor) -> None:
+        """Keep `loss` (0-d, on the device) for the next read, without synchronising."""
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss)
+        self.pending = (loss, bad if self.pending is None else self.pending[1] | bad)
+
+    def read_loss(self) -> float:
+        """The latest loss, averaged over ranks (every rank must call this at the same step).
+
+        Raises `NonFiniteLossError` if any loss since the last read was NaN or infinite, so
+        training stops before a checkpoint from those steps is written.
+        """
+        loss, bad = self.pending
+        self.pending = None
+        value, any_bad = all_reduce_mean(torch.stack([loss.float(), bad.float()])).tolist()
+        since, self.last_read_step = self.last_read_step, self.step
+        if any_bad > 0:
+            when = (
+                f"at step {self.step}"
+                if not math.isfinite(value)
+                else (f"between step {since + 1} and step {self.step}")
+            )
+            raise NonFiniteLossError(
+                f"the loss became non-finite {when}; stopping. The last good checkpoint is "
+                f"{self.files.checkpoint}. Try a lower lr, clip_grad, or amp: none."
+            )
+        self.last_loss = value
+        return value
+
+    def reads_loss(self) -> bool:
+        """Whether this step logs, checks or checkpoints, and so reads the loss."""
+        step, cfg = self.step, self.cfg
+        every = (cfg.log_every, cfg.diagnostics_every, cfg.checkpoint_every)
+        every += (self.data.steps_per_epoch,)
+        return step == 1 or step == self.last_step or any(step % n == 0 for n in every)
 
     @property
     def epoch(self) -> int:
@@ -270,7 +311,7 @@ def restore(run: Run) -> list[dict]:
         network.load_state_dict(state[name])
     run.optimizer.load_state_dict(state["optimizer"])
     ckpt.restore_rng_state(state["rng"])
-    run.step = int(state["step"])
+    run.step = run.last_read_step = int(state["step"])
     log.info("resumed from %s at step %d (epoch %d)", decision.checkpoint, run.step, run.epoch)
     return list(state["extra"].get("log", []))
 
@@ -358,14 +399,16 @@ def run_epoch(run: Run) -> None:
         loss, predictions = train_step(cfg, run.model, run.optimizer, micro, hp, run.env.device)
         run.step += 1
         run.images_seen += sum(b.images.size(0) for b in micro) * run.env.world_size
-        record_step(run, micro[-1], loss, predictions, hp)
         bar.update(1)
-        ips = run.images_seen / max(time.perf_counter() - run.start_time, 1e-9)
-        bar.set_postfix(loss=f"{run.last_loss:.4f}", lr=f"{hp['lr']:.2e}", img_s=f"{ips:.0f}")
+        if record_step(run, micro[-1], loss, predictions, hp):
+            ips = run.images_seen / max(time.perf_counter() - run.start_time, 1e-9)
+            bar.set_postfix(loss=f"{run.last_loss:.4f}", lr=f"{hp['lr']:.2e}", img_s=f"{ips:.0f}")
         if run.env.is_main and run.step % cfg.checkpoint_every == 0:
             save_state(run)
         _crash_if_requested(run.step)
     bar.close()
+    if run.pending is not None:  # the epoch ran dry between two reads
+        run.read_loss()
     if skipped and run.env.is_main:
         warnings.warn(f"epoch {epoch + 1}: skipped {skipped} unreadable image(s)", stacklevel=2)
     if run.env.is_main and run.step % spe == 0:
@@ -374,16 +417,15 @@ def run_epoch(run: Run) -> None:
 
 def record_step(
     run: Run, batch: MaskedBatch, loss: torch.Tensor, predictions: torch.Tensor, hp: dict
-) -> None:
-    """Check the loss; write the log row and, every `diagnostics_every` steps, collapse stats."""
+) -> bool:
+    """Keep the loss on the device; on steps that log, check or checkpoint, read it (one
+    wait for the device), write the log row and, every `diagnostics_every` steps, collapse
+    statistics. Returns whether the loss was read."""
     cfg, step = run.cfg, run.step
-    loss_value = all_reduce_mean(loss.float()).item()
-    if not math.isfinite(loss_value):
-        raise NonFiniteLossError(
-            f"loss became {loss_value} at step {step}; stopping. The last good checkpoint is "
-            f"{run.files.checkpoint}. Try a lower lr, clip_grad, or amp: none."
-        )
-    run.last_loss = loss_value
+    run.watch_loss(loss)
+    if not run.reads_loss():
+        return False
+    loss_value = run.read_loss()
     elapsed = time.perf_counter() - run.start_time
     if step % cfg.log_every == 0 or step == 1:
         run.log.write(
@@ -402,6 +444,7 @@ def record_step(
         if warning and run.env.is_main:
             warnings.warn(warning, stacklevel=2)
         run.log.write({"step": step, **stats})
+    return True
 
 
 @torch.no_grad()

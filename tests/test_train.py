@@ -4,6 +4,7 @@ stops on a non-finite loss, and refuses another experiment's checkpoint."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -156,6 +157,47 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_fmnist, t
     assert ckpt.load_checkpoint(path)["step"] == 2
     for key, value in weights(tmp_path).items():
         assert torch.equal(value, good[key]), key
+
+
+def test_loss_is_read_only_on_steps_that_log_check_or_checkpoint(
+    tiny_fmnist, tmp_path, monkeypatch
+):
+    """Reading the loss waits for the device: the hot loop does it every few steps."""
+    import jepa.train
+
+    reads = []
+    original = jepa.train.Run.read_loss
+
+    def counted(run):
+        reads.append(run.step)
+        return original(run)
+
+    monkeypatch.setattr(jepa.train.Run, "read_loss", counted)
+    cfg = tiny_cfg(tiny_fmnist, tmp_path, epochs=4, log_every=5, diagnostics_every=6)
+    pretrain(cfg.replace(checkpoint_every=100))  # 16 steps, 4 per epoch
+    assert reads == [1, 4, 5, 6, 8, 10, 12, 15, 16]
+
+
+def test_non_finite_loss_between_reads_never_reaches_a_checkpoint(tiny_fmnist, tmp_path):
+    cfg = tiny_cfg(tiny_fmnist, tmp_path, epochs=4, log_every=100, diagnostics_every=100)
+    cfg = cfg.replace(checkpoint_every=100)  # reads and checkpoints at epoch ends only
+    pretrain(cfg.replace(max_steps=4))
+    path = tmp_path / "checkpoints" / "latest.pt"
+    state = ckpt.load_checkpoint(path)
+    for slot in state["optimizer"]["state"].values():
+        slot["exp_avg_sq"].fill_(-1.0)  # step 5 turns the weights into NaN
+    torch.save(state, path)
+    with pytest.raises(NonFiniteLossError, match="step 8"):
+        pretrain(cfg)
+    assert ckpt.load_checkpoint(path)["step"] == 4
+
+
+def test_a_bf16_training_step_on_the_cpu(tiny_fmnist, tmp_path):
+    """The autocast path that CUDA runs by default, exercised on the CPU (`amp: bf16`)."""
+    summary = pretrain(tiny_cfg(tiny_fmnist, tmp_path, amp="bf16", max_steps=2))
+    assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
+    state = ckpt.load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert all(v.dtype == torch.float32 for v in state["encoder"].values())  # fp32 master weights
 
 
 def test_two_ddp_processes_match_one_process(tiny_fmnist, tmp_path):
