@@ -172,6 +172,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 *_flag_names(f.name), type=_value_parser(kind, optional),
                 metavar=kind.__name__.upper(), help=text, **common,
             )  # fmt: skip
+    for old in config.RENAMED_FIELDS:  # hidden: build_config names the new field
+        parser.add_argument(*_flag_names(old), dest=old, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)  # fmt: skip
 
 
 def build_config(args: argparse.Namespace) -> JEPAConfig:
@@ -184,7 +187,8 @@ def build_config(args: argparse.Namespace) -> JEPAConfig:
         base = JEPAConfig.preset(args.preset)
     else:
         base = JEPAConfig()
-    overrides = {f.name: getattr(args, f.name) for f in fields(JEPAConfig) if f.name in args}
+    names = [*(f.name for f in fields(JEPAConfig)), *config.RENAMED_FIELDS]
+    overrides = {name: getattr(args, name) for name in names if name in args}
     return base.replace(**overrides) if overrides else base
 
 

@@ -54,6 +54,22 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type, or out of range."""
 
 
+# Former field names -> (the new name, why it changed); using an old name is an error.
+RENAMED_FIELDS: dict[str, tuple[str, str]] = {
+    "subset": ("pretrain_subset", "it limits pretraining images only"),
+}
+
+# Keys of a params file (params.yaml) that belong to the DVC pipeline, not to JEPAConfig,
+# with their types. The library reads such a file too and leaves these keys to the pipeline.
+PIPELINE_KEYS: dict[str, type] = {"nproc": int}
+
+
+def renamed_field_error(old: str) -> ConfigError:
+    """The error for a former field name, naming the new one."""
+    new, why = RENAMED_FIELDS[old]
+    return ConfigError(f"`{old}` was renamed to `{new}` ({why})")
+
+
 @dataclass
 class JEPAConfig:
     """Flat I-JEPA configuration (seed names and defaults, official-code defaults where they differ)."""
@@ -63,7 +79,7 @@ class JEPAConfig:
     root_path: str | None = None  # None: the dataset's default location
     image_folder: str = "train"
     download: bool = False
-    subset: int | None = None  # use only the first N training images (ablations, CPU runs)
+    pretrain_subset: int | None = None  # first N training images, for pretraining only
     corrupt_images: str = "skip"  # skip unreadable images (counted, warned) or raise
     crop_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop scale, official value
     num_workers: int = 4
@@ -137,6 +153,8 @@ class JEPAConfig:
 
     # -------------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in RENAMED_FIELDS:
+            raise renamed_field_error(name)
         if name not in _FIELD_TYPES:
             raise ConfigError(
                 f"JEPAConfig has no field {name!r}; known fields: {', '.join(sorted(_FIELD_TYPES))}"
@@ -163,6 +181,8 @@ class JEPAConfig:
         """Build from a flat mapping. A `model` preset fills the encoder sizes it names
         unless they are given too. Unknown keys raise `ConfigError` when `strict`."""
         values = dict(values)
+        if renamed := sorted(RENAMED_FIELDS.keys() & values.keys()):
+            raise renamed_field_error(renamed[0])
         unknown = sorted(set(values) - set(_FIELD_TYPES))
         if unknown and strict:
             raise ConfigError(
@@ -186,13 +206,9 @@ class JEPAConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> JEPAConfig:
-        """Load a flat YAML mapping (e.g. the committed `params.yaml`)."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path}: expected a mapping of config keys, got {type(data).__name__}"
-            )
-        return cls.from_dict(data)
+        """Load a flat YAML mapping (e.g. the committed `params.yaml`; its pipeline-only
+        keys, `PIPELINE_KEYS`, are checked and left out)."""
+        return load_params(path)[0]
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> JEPAConfig:
@@ -242,7 +258,7 @@ class JEPAConfig:
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("subset", "max_steps", "probe_subset"):
+        for name in ("pretrain_subset", "max_steps", "probe_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
         for whole, part in (
@@ -307,6 +323,25 @@ class JEPAConfig:
     def training_fields(self) -> dict[str, Any]:
         """The subset of fields that `training_hash` covers."""
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+def load_params(path: str | Path) -> tuple[JEPAConfig, dict[str, Any]]:
+    """`(JEPAConfig, pipeline keys)` from a flat params file; unknown keys are errors."""
+    path = Path(path)
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    pipeline = {}
+    for key, kind in PIPELINE_KEYS.items():
+        if key in values:
+            value = values.pop(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ConfigError(f"{path}: {key} expects {kind.__name__}, got {value!r}")
+            pipeline[key] = value
+    try:
+        return JEPAConfig.from_dict(values), pipeline
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
 
 
 # Fields that may change between a run and its resumption.

@@ -39,7 +39,7 @@ from jepa.data import (
     EpochSampler,
     SeededItems,
     SkipEmptyLoader,
-    build_dataset,
+    pretrain_dataset,
     seed_worker,
 )
 from jepa.diagnostics import CollapseMonitor, collapse_stats
@@ -115,7 +115,7 @@ def build_loader(cfg: JEPAConfig, env: DistEnv) -> LoaderBundle:
             f"batch_size={cfg.batch_size} is not divisible by the world size {env.world_size}"
         )
     local_batch = cfg.batch_size // env.world_size
-    dataset = build_dataset(cfg, "train", train_transform=True)
+    dataset = pretrain_dataset(cfg)
     sampler = ResumableSampler(
         dataset,
         num_replicas=env.world_size,
@@ -140,7 +140,7 @@ def build_loader(cfg: JEPAConfig, env: DistEnv) -> LoaderBundle:
     if steps < 1:
         raise ValueError(
             f"the dataset has {len(dataset)} images: too few for one step of batch_size="
-            f"{cfg.batch_size} x accum_iter={cfg.accum_iter}; lower batch_size or raise subset"
+            f"{cfg.batch_size} x accum_iter={cfg.accum_iter}; lower batch_size or raise pretrain_subset"
         )
     return LoaderBundle(loader, sampler, collator, steps, local_batch)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jepa.data import DatasetNotFoundError
 from jepa.evaluate import extract, headline, probe
-from pipelines.common import evaluation_config, load_params, run_main, write_json
+from pipelines.common import load_params, run_main, write_json
 
 log = logging.getLogger("pipelines.baselines")
 KINDS = ("pixels", "random")
@@ -32,7 +32,7 @@ def main() -> None:
         parser.add_argument(f"--{kind}", type=Path, required=True, help=f"{kind} probe record")
     parser.add_argument("--metrics", type=Path, required=True, help="headline metrics (JSON)")
     args = parser.parse_args()
-    cfg = evaluation_config(load_params(args.params)[0])
+    cfg, _ = load_params(args.params)
     results = {}
     for kind in KINDS:
         with tempfile.TemporaryDirectory(prefix=f"features-{kind}-") as tmp:

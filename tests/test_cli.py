@@ -166,6 +166,8 @@ def test_errors_are_one_line_in_a_subprocess(tmp_path):
 def test_errors_are_one_line_in_process(tmp_path, capsys):
     assert cli.main(["train", "--dataset", "mnist"]) == 2
     assert_one_line_error(capsys.readouterr().err, "dataset='mnist'")
+    assert cli.main(["eval", "--subset", "5"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "`subset` was renamed to `pretrain_subset`")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--epochs", "zero"])
     assert exit_info.value.code == 2

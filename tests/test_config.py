@@ -1,8 +1,10 @@
 """JEPAConfig: one typed schema; bad keys, types and values fail naming the field."""
 
+import re
+
 import pytest
 
-from jepa.config import MODEL_SIZES, PRESETS, ConfigError, JEPAConfig
+from jepa.config import MODEL_SIZES, PRESETS, ConfigError, JEPAConfig, load_params
 
 
 def test_seed_defaults():
@@ -77,7 +79,7 @@ def test_model_presets_set_sizes_and_conflicts_are_errors():
         dict(pred_mask_scale=(0.3, 0.2)),
         dict(checkpoint_uri="/tmp/x"),
         dict(probe_last_blocks=7),
-        dict(subset=0),
+        dict(pretrain_subset=0),
     ],
 )
 def test_bad_values_are_rejected(bad):
@@ -98,3 +100,28 @@ def test_training_hash_ignores_runtime_fields_only():
 def test_to_dict_round_trips():
     cfg = JEPAConfig.preset("in1k-vith14-ep300")
     assert JEPAConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_the_former_name_subset_names_pretrain_subset(tmp_path):
+    renamed = "`subset` was renamed to `pretrain_subset` (it limits pretraining images only)"
+    with pytest.raises(ConfigError, match=re.escape(renamed)):
+        JEPAConfig.from_dict({"subset": 5})
+    with pytest.raises(ConfigError, match=re.escape(renamed)):
+        JEPAConfig().subset = 5
+    with pytest.raises(ConfigError, match=re.escape(renamed)):
+        JEPAConfig().replace(subset=5)
+    params = tmp_path / "params.yaml"
+    params.write_text("subset: 5\nnproc: 1\n")
+    with pytest.raises(ConfigError, match=re.escape(renamed)):
+        JEPAConfig.from_yaml(params)
+    assert JEPAConfig(pretrain_subset=5).pretrain_subset == 5
+
+
+def test_a_params_file_is_a_config_plus_pipeline_keys(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("lr: 0.001\nnproc: 2\n")
+    assert load_params(params) == (JEPAConfig(lr=1e-3), {"nproc": 2})
+    assert JEPAConfig.from_yaml(params) == JEPAConfig(lr=1e-3)  # the library ignores nproc
+    params.write_text("lr: 0.001\nnproc: two\n")
+    with pytest.raises(ConfigError, match="nproc expects int"):
+        JEPAConfig.from_yaml(params)

@@ -207,11 +207,11 @@ def test_hydra_overrides_quote_what_the_grammar_needs():
     from flows.pipeline import hydra_overrides
 
     assert hydra_overrides(
-        {"lr": 2e-4, "subset": None, "compile": True, "crop_scale": [0.4, 1.0], "amp": "bf16",
+        {"lr": 2e-4, "pretrain_subset": None, "compile": True, "crop_scale": [0.4, 1.0], "amp": "bf16",
          "checkpoint_uri": "s3://bucket/run 1", "image_folder": "123"},
         "fmnist_tiny",
     ) == [
-        "experiment=fmnist_tiny", "lr=0.0002", "subset=null", "compile=true",
+        "experiment=fmnist_tiny", "lr=0.0002", "pretrain_subset=null", "compile=true",
         "crop_scale=[0.4,1.0]", "amp=bf16", "checkpoint_uri='s3://bucket/run 1'",
         "image_folder='123'",
     ]  # fmt: skip

@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from jepa.config import PRESETS, ConfigError, JEPAConfig
-from pipelines.common import PIPELINE_KEYS, load_params
+from jepa.config import PIPELINE_KEYS, PRESETS, ConfigError, JEPAConfig
+from pipelines.common import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -28,7 +28,7 @@ EXPERIMENT_PRESETS = {
     "fmnist_tiny": (
         "fmnist-tiny",
         {
-            "subset",
+            "pretrain_subset",
             "epochs",
             "probe_subset",
             "probe_last_blocks",

@@ -61,7 +61,9 @@ def test_stage_params_exist_and_every_stage_depends_on_the_library() -> None:
 
 def test_baselines_ignore_training_parameters() -> None:
     params = set(dvc_yaml()["stages"]["baselines"]["params"])
-    assert params.isdisjoint({"lr", "epochs", "batch_size", "subset", "weight_decay", "ema"})
+    assert params.isdisjoint(
+        {"lr", "epochs", "batch_size", "pretrain_subset", "weight_decay", "ema"}
+    )
     assert "pretrain/encoder" not in dvc_yaml()["stages"]["baselines"]["deps"]
 
 
@@ -258,7 +260,7 @@ def test_pipeline_repro_experiment_plots_push_and_pull(
 ) -> None:
     endpoint_url, bucket = s3_bucket
     # Pretrain on 64 of the 128 images (2 epochs of 2 steps); evaluate on all of them.
-    overrides = [*TINY, "subset=64", f"root_path={tiny_fmnist}"]
+    overrides = [*TINY, "pretrain_subset=64", f"root_path={tiny_fmnist}"]
     repo = make_repo(tmp_path / "repo", overrides)
 
     # 1. The whole pipeline.

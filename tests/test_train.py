@@ -34,7 +34,7 @@ def tiny_cfg(data: Path, out: Path, **kw) -> JEPAConfig:
         pred_depth=1,
         pred_num_heads=2,
         batch_size=16,
-        subset=64,
+        pretrain_subset=64,
         epochs=2,
         warmup_epochs=1,
         num_workers=0,
