@@ -6,7 +6,7 @@ stage whose dependencies, params and outputs are unchanged is skipped by DVC), a
 Prefect's own result caching is off: a cached "Completed" would hide a stale output.
 
 The first task writes `params.yaml` the way `dvc exp run` with Hydra enabled does:
-compose `conf/config.yaml` with overrides, resolve interpolations, dump as YAML.
+compose `jepa/conf/config.yaml` with overrides, resolve interpolations, dump as YAML.
 
 Retrying `pretrain` resumes rather than restarts: the stage picks up
 `pretrain/checkpoints/latest.pt`, a `persist: true` output that DVC keeps between runs.
@@ -111,20 +111,20 @@ def format_hydra_value(value: Any) -> str:
 
 
 def compose_params_file(repo_dir: str | Path, overrides: list[str]) -> dict[str, Any]:
-    """Compose `repo_dir/conf` with `overrides` into `repo_dir/params.yaml`; return its values.
+    """Compose `repo_dir/jepa/conf` with `overrides` into `repo_dir/params.yaml`; return its values.
 
     `pipelines.compose` calls DVC's own `compose_and_dump` (so the bytes are what `dvc exp
     run` would write) and validates the result; it writes to a temporary file here, which
     then replaces params.yaml in one step: a failed or interrupted composition leaves the
     previous params.yaml whole.
     """
-    from pipelines.compose import compose
+    from pipelines.compose import REPO_CONF_DIR, compose
 
     repo = Path(repo_dir).resolve()
     fd, tmp = tempfile.mkstemp(prefix=f".{PARAMS_FILE}.", suffix=".yaml", dir=repo)
     os.close(fd)
     try:
-        compose(Path(tmp), overrides, conf_dir=repo / "conf")
+        compose(Path(tmp), overrides, conf_dir=repo / REPO_CONF_DIR)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, repo / PARAMS_FILE)

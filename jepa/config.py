@@ -31,6 +31,9 @@ from typing import Any
 
 import yaml
 
+# The Hydra config groups (model/, dataset/, experiment/, debug/), shipped with the package.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
 # Official I-JEPA encoder widths/depths/heads (timm naming).
 MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "vit_tiny": (192, 12, 3),

@@ -222,7 +222,7 @@ def test_params_file_matches_dvc_hydra_composition_and_is_replaced_atomically(tm
 
     from flows.pipeline import compose_params_file, hydra_overrides
 
-    shutil.copytree(REPO_ROOT / "conf", tmp_path / "conf")
+    shutil.copytree(REPO_ROOT / "jepa" / "conf", tmp_path / "jepa" / "conf")
     overrides = hydra_overrides(
         {"lr": 2e-4, "checkpoint_uri": "s3://bucket/prefix", "crop_scale": [0.4, 1.0]},
         "fmnist_tiny",
@@ -233,7 +233,9 @@ def test_params_file_matches_dvc_hydra_composition_and_is_replaced_atomically(tm
     )  # fmt: skip
     # What `dvc exp run -S ...` with Hydra enabled writes, byte for byte.
     expected = tmp_path / "dvc-params.yaml"
-    compose_and_dump(expected, str(tmp_path / "conf"), None, "config", str(tmp_path), overrides)
+    compose_and_dump(
+        expected, str(tmp_path / "jepa" / "conf"), None, "config", str(tmp_path), overrides
+    )
     assert (tmp_path / "params.yaml").read_bytes() == expected.read_bytes()
 
     before = (tmp_path / "params.yaml").read_bytes()
@@ -242,7 +244,7 @@ def test_params_file_matches_dvc_hydra_composition_and_is_replaced_atomically(tm
     with pytest.raises(Exception, match="depth"):  # composes, but JEPAConfig rejects it
         compose_params_file(tmp_path, ["depth=0"])
     assert (tmp_path / "params.yaml").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "dvc-params.yaml", "params.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc-params.yaml", "jepa", "params.yaml"]
 
 
 # ---- the flow, end to end on tiny data ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""conf/ composes into valid configs, and the committed params.yaml is its composition.
+"""jepa/conf/ composes into valid configs, and the committed params.yaml is its composition.
 
 Composition is done the way `dvc exp run` does it (Hydra's compose API under
 `initialize_config_dir(version_base=None)`, then `OmegaConf.to_yaml`), and once through
@@ -7,6 +7,7 @@ DVC's own `compose_and_dump`.
 
 from __future__ import annotations
 
+import configparser
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,12 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from jepa.config import PIPELINE_KEYS, PRESETS, ConfigError, JEPAConfig
+from jepa.config import CONF_DIR, PIPELINE_KEYS, PRESETS, ConfigError, JEPAConfig
 from pipelines.common import load_params
+from pipelines.compose import REPO_CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR
 GROUPS = ("dataset", "model", "experiment", "debug")
 # Fields dvc.yaml sets from its paths; the Hydra config leaves them out.
 PATH_FIELDS = {"output_dir", "read_checkpoint"}
@@ -74,8 +76,15 @@ def group_options() -> list[tuple[str, str]]:
 
 def test_committed_params_yaml_is_the_composition_of_conf() -> None:
     assert (REPO / "params.yaml").read_text() == compose_yaml(), (
-        "params.yaml is stale: run `python -m pipelines.compose` after editing conf/"
+        "params.yaml is stale: run `python -m pipelines.compose` after editing jepa/conf/"
     )
+
+
+def test_dvc_and_the_library_read_the_same_config_groups() -> None:
+    dvc_config = configparser.ConfigParser()
+    dvc_config.read(REPO / ".dvc" / "config")
+    assert Path(dvc_config["hydra"]["config_dir"]) == REPO_CONF_DIR
+    assert (REPO / REPO_CONF_DIR).resolve() == CONF_DIR
 
 
 def test_dvc_composes_the_same_bytes(tmp_path: Path) -> None:

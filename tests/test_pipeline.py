@@ -19,7 +19,7 @@ import pytest
 import yaml
 from project_files import copy_pipeline
 
-from jepa.config import JEPAConfig
+from jepa.config import CONF_DIR, JEPAConfig
 from jepa.live import LiveLogger
 from jepa.storage import StorageError, run_dvc
 
@@ -155,7 +155,7 @@ def compose(repo: Path, overrides: list[str]) -> None:
 
 
 def make_repo(path: Path, overrides: list[str]) -> Path:
-    """A git + DVC repository holding this project's pipeline, params composed from conf/."""
+    """A git + DVC repository holding this project's pipeline, params composed from jepa/conf/."""
     path.mkdir(parents=True)
     git(path, "init", "-q", "-b", "main")
     copy_pipeline(path)
@@ -206,7 +206,7 @@ def pretrain_stage(work: Path, *, crash_at: int | None = None, tag: str = "") ->
 def write_params(work: Path, overrides: list[str]) -> None:
     from dvc.utils.hydra import compose_and_dump
 
-    compose_and_dump(work / "params.yaml", str(REPO / "conf"), None, "config", str(work), overrides)
+    compose_and_dump(work / "params.yaml", str(CONF_DIR), None, "config", str(work), overrides)
 
 
 @pytest.mark.slow
@@ -277,7 +277,7 @@ def test_pipeline_repro_experiment_plots_push_and_pull(
     git(repo, "commit", "-q", "-m", "first run")
     baselines_md5 = lock_md5(repo, "baselines", "eval/pixels.json")
 
-    # 2. An lr experiment: DVC recomposes params.yaml from conf/ with the -S overrides.
+    # 2. An lr experiment: DVC recomposes params.yaml from jepa/conf/ with the -S overrides.
     sets = [arg for o in [*overrides, "lr=5e-3"] for arg in ("-S", o)]
     out = dvc(repo, "exp", "run", "--name", "lr5e-3", *sets).stdout
     assert yaml.safe_load((repo / "params.yaml").read_text())["lr"] == 5e-3
