@@ -48,7 +48,7 @@ KILL_GRACE_S = 20.0  # inside the 30 s a Prefect runner waits before SIGKILL of 
 PRETRAIN_RETRIES = 2
 PRETRAIN_RETRY_DELAY_S = 5
 
-DEFAULT_EXPERIMENT = "fmnist_tiny"
+DEFAULT_EXPERIMENT = "fmnist_cpu_default"
 PARAMS_FILE = "params.yaml"
 RESULTS_TABLE = "results/results.md"  # written by the `report` stage (dvc.yaml)
 

@@ -1,10 +1,10 @@
 """Command line: `jepa train|eval|extract|probe|report` and the seed's `torchwm train jepa`.
 
     jepa train --dataset imagenet1k --root_path /data/imagenet --epochs 100 --batch_size 64
-    jepa train --preset fmnist-tiny --epochs 1
-    jepa eval --preset fmnist-tiny --read_checkpoint ./output
-    jepa extract --kind pixels --out feats/pixels --preset fmnist-tiny
-    jepa probe --features feats/pixels --out feats/pixels.json --preset fmnist-tiny
+    jepa train --preset fmnist_w192 --epochs 1
+    jepa eval --config params.yaml --read_checkpoint ./output
+    jepa extract --kind pixels --out feats/pixels --preset fmnist_w192
+    jepa probe --features feats/pixels --out feats/pixels.json --preset fmnist_w192
     jepa report output/eval other_run/eval --out results/
     torchwm train jepa --dataset imagenet1k --epochs 100 --batch_size 64
 
@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 from jepa import config
 from jepa.api import MODEL_NAMES
-from jepa.config import MODEL_SIZES, PRESETS, ConfigError, JEPAConfig
+from jepa.config import MODEL_SIZES, ConfigError, JEPAConfig, preset_names
 
 # Descriptions from the seed document's config table, for fields without a source comment.
 SEED_HELP = {
@@ -257,7 +257,9 @@ def _shared_parsers() -> tuple[Parser, Parser]:
     configured = Parser(add_help=False, allow_abbrev=False, parents=[base])
     source = configured.add_argument_group("base config (flags below override it)")
     source.add_argument("--config", metavar="FILE.yaml", help="flat YAML config, e.g. params.yaml")
-    source.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)}")
+    source.add_argument(
+        "--preset", metavar="NAME", help=f"an experiment of jepa/conf: {', '.join(preset_names())}"
+    )
     add_config_flags(configured)
     return base, configured
 

@@ -21,6 +21,7 @@ into the config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -215,10 +216,14 @@ class JEPAConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> JEPAConfig:
-        """A named configuration (see `PRESETS`) with optional overrides."""
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        """The experiment `name` of the config groups (`jepa/conf/experiment/<name>.yaml`,
+        listed by `preset_names()`; `-` may stand for `_`), as `dvc exp run -S
+        experiment=<name>` composes it, with `overrides` applied as by `replace`.
+
+        Needs hydra-core; without it, load a flat YAML file with `from_yaml`.
+        """
+        cfg = cls.from_dict(preset_values(name))
+        return cfg.replace(**overrides) if overrides else cfg
 
     def replace(self, **overrides: Any) -> JEPAConfig:
         """A copy with some fields changed (a `model` preset refills the encoder sizes)."""
@@ -326,6 +331,50 @@ class JEPAConfig:
     def training_fields(self) -> dict[str, Any]:
         """The subset of fields that `training_hash` covers."""
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+# Former preset and config-group names -> what to use instead.
+RENAMED_PRESETS = {
+    "fmnist_tiny": "'fmnist_w192' (the former preset fmnist-tiny: a 192x6 encoder, batch 128) "
+    "or 'fmnist_cpu_default' (the former experiment fmnist_tiny: the DVC pipeline's default)",
+    "fmnist_small": "'fmnist_cpu_default' (it uses the former model fmnist_small, now the "
+    "model group 'vit_w128_d4')",
+}
+
+
+def preset_names() -> list[str]:
+    """The preset names: the experiments of the config groups (`jepa/conf/experiment/`)."""
+    return sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The flat values of preset `name` (`JEPAConfig.preset`), pipeline-only keys left out."""
+    key = name.replace("-", "_")
+    if key in RENAMED_PRESETS:
+        raise ConfigError(f"preset {name!r} was renamed: use {RENAMED_PRESETS[key]}")
+    if key not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    return dict(_compose_experiment(key))
+
+
+@functools.cache
+def _compose_experiment(name: str) -> dict[str, Any]:
+    """Hydra's composition of `CONF_DIR` with `experiment=<name>`, resolved and flat."""
+    try:
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+    except ImportError as err:
+        raise ConfigError(
+            "presets are composed from jepa/conf by Hydra: install hydra-core "
+            "(pip install hydra-core), or pass a flat YAML config (JEPAConfig.from_yaml, "
+            "`--config params.yaml`)"
+        ) from err
+    # version_base=None, as `dvc exp run` composes: a preset is the params.yaml DVC writes
+    # for that experiment. The context manager leaves no global Hydra state behind.
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        composed = compose(config_name="config", overrides=[f"experiment={name}"])
+    values = OmegaConf.to_container(composed, resolve=True)
+    return {key: value for key, value in values.items() if key not in PIPELINE_KEYS}
 
 
 def load_params(path: str | Path) -> tuple[JEPAConfig, dict[str, Any]]:
@@ -465,74 +514,3 @@ def _scalar(name: str, kind: type, value: Any) -> Any:
         if isinstance(value, str):
             return value
     raise ConfigError(f"{name} expects {kind.__name__}, got {value!r} ({type(value).__name__})")
-
-
-# Named configurations. `fmnist-tiny` is the embedded CPU default; `seed-vitb16` is the
-# seed document's ViT-B/16 recipe; `in1k-vith14-ep300` the official ImageNet ViT-H/14 one.
-PRESETS: dict[str, dict[str, Any]] = {
-    "fmnist-tiny": dict(
-        dataset="fashion_mnist",
-        image_size=28,
-        patch_size=4,
-        in_chans=1,
-        model="custom",
-        embed_dim=192,
-        depth=6,
-        num_heads=3,
-        pred_embed_dim=96,
-        pred_depth=4,
-        pred_num_heads=3,
-        batch_size=128,
-        min_keep=4,
-        epochs=10,
-        warmup_epochs=1,
-        lr=1e-3,
-        start_lr=2e-4,
-        min_lr=1e-6,
-        weight_decay=0.04,
-        final_weight_decay=0.4,
-        clip_grad=None,
-        crop_scale=(0.5, 1.0),
-        num_workers=2,
-        checkpoint_every=100,
-        diagnostics_every=50,
-        eval_batch_size=512,
-    ),
-    "seed-vitb16": dict(
-        dataset="imagenet1k",
-        image_size=224,
-        patch_size=16,
-        model="vit_base",
-        batch_size=64,
-        lr=1.5e-4,
-        min_lr=1e-6,
-        warmup_epochs=40,
-        weight_decay=0.05,
-        clip_grad=1.0,
-        epochs=100,
-    ),
-    "in1k-vith14-ep300": dict(
-        dataset="imagenet1k",
-        image_size=224,
-        patch_size=14,
-        model="vit_huge",
-        pred_embed_dim=384,
-        pred_depth=12,
-        pred_num_heads=16,
-        batch_size=2048,
-        epochs=300,
-        lr=1e-3,
-        start_lr=2e-4,
-        min_lr=1e-6,
-        warmup_epochs=40,
-        weight_decay=0.04,
-        final_weight_decay=0.4,
-        clip_grad=None,
-        ema=(0.996, 1.0),
-        enc_mask_scale=(0.85, 1.0),
-        pred_mask_scale=(0.15, 0.2),
-        min_keep=10,
-        num_workers=10,
-        amp="bf16",
-    ),
-}

@@ -655,13 +655,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`python -m jepa.train --config params.yaml [--set key=value ...]`, also under torchrun."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--config", help="flat YAML config (e.g. params.yaml)")
-    parser.add_argument("--preset", help="a named config from jepa.config.PRESETS")
+    parser.add_argument("--preset", help="an experiment of jepa/conf (JEPAConfig.preset)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides")
     args = parser.parse_args(argv)
     cfg = (
         JEPAConfig.from_yaml(args.config)
         if args.config
-        else JEPAConfig.preset(args.preset or "fmnist-tiny")
+        else JEPAConfig.preset(args.preset or "fmnist_w192")
     )
     overrides = dict(item.split("=", 1) for item in args.set)
     if overrides:

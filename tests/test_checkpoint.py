@@ -21,7 +21,7 @@ from jepa.models import VisionTransformer, build_encoder, build_predictor
 
 @pytest.fixture(scope="module")
 def cfg() -> JEPAConfig:
-    return JEPAConfig.preset("fmnist-tiny").replace(
+    return JEPAConfig.preset("fmnist_w192").replace(
         model="custom",
         depth=2,
         embed_dim=48,

@@ -37,7 +37,7 @@ FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 
 def fmnist_cfg(root: Path | None, **overrides) -> JEPAConfig:
     values = {"num_workers": 0, **overrides}
-    return JEPAConfig.preset("fmnist-tiny", root_path=root and str(root), **values)
+    return JEPAConfig.preset("fmnist_w192", root_path=root and str(root), **values)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

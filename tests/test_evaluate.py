@@ -74,7 +74,7 @@ def write_tiny_fmnist(root: Path, num_train: int = 48, num_test: int = 24) -> Pa
 
 
 def tiny_fields(tmp: Path, **overrides) -> dict:
-    """Fields over the `fmnist-tiny` preset: `TINY`, data under `tmp/data` (written if
+    """Fields over the `fmnist_w192` preset: `TINY`, data under `tmp/data` (written if
     missing), outputs in `tmp/out`."""
     root = tmp / "data"
     if not (root / "raw").is_dir():
@@ -83,8 +83,8 @@ def tiny_fields(tmp: Path, **overrides) -> dict:
 
 
 def tiny_config(tmp: Path, **overrides) -> JEPAConfig:
-    """`JEPAConfig.preset("fmnist-tiny", **tiny_fields(tmp, **overrides))`."""
-    return JEPAConfig.preset("fmnist-tiny", **tiny_fields(tmp, **overrides))
+    """`JEPAConfig.preset("fmnist_w192", **tiny_fields(tmp, **overrides))`."""
+    return JEPAConfig.preset("fmnist_w192", **tiny_fields(tmp, **overrides))
 
 
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[JEPAConfig, Path]:
@@ -94,7 +94,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[JEPAConfig, P
 
     base = tmp_path_factory.getbasetemp() / "shared-run"
     base.mkdir(exist_ok=True)
-    agent = torchwm.create_model("jepa", preset="fmnist-tiny", **tiny_fields(base))
+    agent = torchwm.create_model("jepa", preset="fmnist_w192", **tiny_fields(base))
     if not (base / "out" / "summary.json").is_file():
         agent.train()
     return agent.cfg, Path(agent.cfg.output_dir)

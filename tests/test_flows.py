@@ -209,9 +209,9 @@ def test_hydra_overrides_quote_what_the_grammar_needs():
     assert hydra_overrides(
         {"lr": 2e-4, "pretrain_subset": None, "compile": True, "crop_scale": [0.4, 1.0], "amp": "bf16",
          "checkpoint_uri": "s3://bucket/run 1", "image_folder": "123"},
-        "fmnist_tiny",
+        "fmnist_cpu_default",
     ) == [
-        "experiment=fmnist_tiny", "lr=0.0002", "pretrain_subset=null", "compile=true",
+        "experiment=fmnist_cpu_default", "lr=0.0002", "pretrain_subset=null", "compile=true",
         "crop_scale=[0.4,1.0]", "amp=bf16", "checkpoint_uri='s3://bucket/run 1'",
         "image_folder='123'",
     ]  # fmt: skip
@@ -225,7 +225,7 @@ def test_params_file_matches_dvc_hydra_composition_and_is_replaced_atomically(tm
     shutil.copytree(REPO_ROOT / "jepa" / "conf", tmp_path / "jepa" / "conf")
     overrides = hydra_overrides(
         {"lr": 2e-4, "checkpoint_uri": "s3://bucket/prefix", "crop_scale": [0.4, 1.0]},
-        "fmnist_tiny",
+        "fmnist_cpu_default",
     )
     params = compose_params_file(tmp_path, overrides)
     assert (params["lr"], params["checkpoint_uri"], params["crop_scale"]) == (

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from jepa.config import CONF_DIR, PIPELINE_KEYS, PRESETS, ConfigError, JEPAConfig
+from jepa.config import CONF_DIR, PIPELINE_KEYS, ConfigError, JEPAConfig
 from pipelines.common import load_params
 from pipelines.compose import REPO_CONF_DIR
 
@@ -25,30 +25,6 @@ CONF = CONF_DIR
 GROUPS = ("dataset", "model", "experiment", "debug")
 # Fields dvc.yaml sets from its paths; the Hydra config leaves them out.
 PATH_FIELDS = {"output_dir", "read_checkpoint"}
-# experiment name -> (preset name, keys the pipeline's experiment sets on purpose)
-EXPERIMENT_PRESETS = {
-    "fmnist_tiny": (
-        "fmnist-tiny",
-        {
-            "pretrain_subset",
-            "epochs",
-            "probe_subset",
-            "probe_last_blocks",
-            "embed_dim",
-            "depth",
-            "num_heads",
-            "pred_embed_dim",
-            "pred_depth",
-            "pred_num_heads",
-            "ema",
-            "crop_scale",
-            "num_workers",
-            "batch_size",
-        },
-    ),
-    "seed_vitb16": ("seed-vitb16", set()),
-    "in1k_vith14_ep300": ("in1k-vith14-ep300", set()),
-}
 
 
 def compose_yaml(overrides: list[str] | tuple[str, ...] = ()) -> str:
@@ -109,7 +85,8 @@ def test_there_is_something_to_compose() -> None:
     options = dict.fromkeys(g for g, _ in group_options())
     assert set(options) == set(GROUPS)
     assert {o for g, o in group_options() if g == "model"} >= {
-        "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant", "fmnist_tiny"
+        "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant",
+        "vit_w128_d4", "vit_w192_d6",
     }  # fmt: skip
 
 
@@ -131,18 +108,24 @@ def test_base_values_are_the_library_defaults() -> None:
     assert base == expected
 
 
-def test_every_preset_has_an_experiment() -> None:
-    assert {preset for preset, _ in EXPERIMENT_PRESETS.values()} == set(PRESETS)
-    assert {p.stem for p in (CONF / "experiment").glob("*.yaml")} == set(EXPERIMENT_PRESETS)
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("experiment", sorted(EXPERIMENT_PRESETS))
-def test_experiments_match_the_library_presets(experiment: str, tmp_path: Path) -> None:
-    preset, deliberate = EXPERIMENT_PRESETS[experiment]
-    composed = validated(compose_params([f"experiment={experiment}"]), tmp_path).to_dict()
-    expected = JEPAConfig.preset(preset).to_dict()
-    differs = {k for k in expected if composed[k] != expected[k]} - PATH_FIELDS
-    assert differs == deliberate
+@pytest.mark.parametrize("experiment", experiments())
+def test_a_preset_is_its_experiments_composition(experiment: str, tmp_path: Path) -> None:
+    composed = validated(compose_params([f"experiment={experiment}"]), tmp_path)
+    assert JEPAConfig.preset(experiment) == composed
+    assert JEPAConfig.preset(experiment.replace("_", "-")) == composed
+
+
+def test_the_pipeline_default_is_the_preset_fmnist_cpu_default() -> None:
+    assert JEPAConfig.preset("fmnist_cpu_default") == JEPAConfig.from_yaml(REPO / "params.yaml")
+
+
+def test_renamed_groups_are_gone() -> None:
+    for old in ("model/fmnist_tiny", "model/fmnist_small", "experiment/fmnist_tiny"):
+        assert not (CONF / f"{old}.yaml").exists(), old
 
 
 def test_set_key_versus_pick_group(tmp_path: Path) -> None:

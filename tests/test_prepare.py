@@ -34,7 +34,7 @@ def read_labels(root: Path, split: str) -> np.ndarray:
 
 
 def fmnist_cfg(root: Path, **overrides) -> JEPAConfig:
-    return JEPAConfig.preset("fmnist-tiny", root_path=str(root), num_workers=0, **overrides)
+    return JEPAConfig.preset("fmnist_w192", root_path=str(root), num_workers=0, **overrides)
 
 
 def test_manifest_counts_classes_and_hashes_the_source_files(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def tiny_cfg(data: Path, out: Path, **kw) -> JEPAConfig:
         diagnostics_every=2,
         min_keep=2,
     )
-    return JEPAConfig.preset("fmnist-tiny").replace(**{**base, **kw})
+    return JEPAConfig.preset("fmnist_w192").replace(**{**base, **kw})
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
