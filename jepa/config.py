@@ -35,15 +35,26 @@ import yaml
 # The Hydra config groups (model/, dataset/, experiment/, debug/), shipped with the package.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
-# Official I-JEPA encoder widths/depths/heads (timm naming).
-MODEL_SIZES: dict[str, tuple[int, int, int]] = {
-    "vit_tiny": (192, 12, 3),
-    "vit_small": (384, 12, 6),
-    "vit_base": (768, 12, 12),
-    "vit_large": (1024, 24, 16),
-    "vit_huge": (1280, 32, 16),
-    "vit_giant": (1408, 40, 16),
-}
+SIZE_KEYS = ("embed_dim", "depth", "num_heads")  # what a named model fixes
+
+
+def _read_model_sizes() -> dict[str, tuple[int, int, int]]:
+    """Named encoder sizes from the model group, smallest first: every
+    `jepa/conf/model/vit_*.yaml` whose `model` is its own name (the others, such as
+    vit_w128_d4, are size recipes of `model: custom`)."""
+    sizes = {}
+    for path in (CONF_DIR / "model").glob("vit_*.yaml"):
+        values = yaml.safe_load(path.read_text())
+        if values.get("model") == path.stem:
+            sizes[path.stem] = tuple(int(values[key]) for key in SIZE_KEYS)
+    if not sizes:
+        raise ImportError(f"no model sizes in {CONF_DIR / 'model'}: the package lacks its conf/")
+    return dict(sorted(sizes.items(), key=lambda item: item[1]))
+
+
+# Official I-JEPA encoder sizes (timm naming): name -> (embed_dim, depth, num_heads). The
+# one table is jepa/conf/model/vit_*.yaml (what `-S model=vit_small` composes).
+MODEL_SIZES: typing.Mapping[str, tuple[int, int, int]] = types.MappingProxyType(_read_model_sizes())
 
 DATASETS = ("fashion_mnist", "cifar10", "imagefolder", "imagenet1k", "imagenet")
 MASK_STRATEGIES = ("multiblock", "random")
@@ -164,25 +175,21 @@ class JEPAConfig:
                 f"JEPAConfig has no field {name!r}; known fields: {', '.join(sorted(_FIELD_TYPES))}"
             )
         object.__setattr__(self, name, _coerce(name, value))
-        if name == "model" and value in MODEL_SIZES and "num_heads" in self.__dict__:
-            self._apply_model_sizes(value)  # cfg.model = "vit_small" resizes the encoder
+        if name == "model" and "num_heads" in self.__dict__:  # not while __init__ runs
+            for key, size in model_sizes_filled(value).items():  # cfg.model = "vit_small"
+                object.__setattr__(self, key, size)
 
     def __post_init__(self) -> None:
-        # JEPAConfig(model="vit_small") with the sizes left at their defaults takes the
-        # preset's sizes; sizes given explicitly are checked against it by validate().
-        defaults = (768, 12, 12)
-        if self.model in MODEL_SIZES and (self.embed_dim, self.depth, self.num_heads) == defaults:
-            self._apply_model_sizes(self.model)
-        self.validate()
-
-    def _apply_model_sizes(self, name: str) -> None:
-        for key, size in zip(("embed_dim", "depth", "num_heads"), MODEL_SIZES[name], strict=True):
+        # JEPAConfig(model="vit_small"): the sizes left at their defaults count as not given.
+        given = [key for key in SIZE_KEYS if getattr(self, key) != _SIZE_DEFAULTS[key]]
+        for key, size in model_sizes_filled(self.model, given).items():
             object.__setattr__(self, key, size)
+        self.validate()
 
     # ---- construction -------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, strict: bool = True) -> JEPAConfig:
-        """Build from a flat mapping. A `model` preset fills the encoder sizes it names
+        """Build from a flat mapping. A named `model` fills the encoder sizes it names
         unless they are given too. Unknown keys raise `ConfigError` when `strict`."""
         values = dict(values)
         if renamed := sorted(RENAMED_FIELDS.keys() & values.keys()):
@@ -195,12 +202,7 @@ class JEPAConfig:
             )
         for key in unknown:
             values.pop(key)
-        name = values.get("model")
-        if name in MODEL_SIZES:
-            for key, size in zip(
-                ("embed_dim", "depth", "num_heads"), MODEL_SIZES[name], strict=True
-            ):
-                values.setdefault(key, size)
+        values.update(model_sizes_filled(values.get("model"), values))
         cfg = cls.__new__(cls)
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -226,12 +228,10 @@ class JEPAConfig:
         return cfg.replace(**overrides) if overrides else cfg
 
     def replace(self, **overrides: Any) -> JEPAConfig:
-        """A copy with some fields changed (a `model` preset refills the encoder sizes)."""
-        values = self.to_dict()
-        if "model" in overrides and overrides["model"] in MODEL_SIZES:
-            for key in ("embed_dim", "depth", "num_heads"):
-                values.pop(key)
-        values.update(overrides)
+        """A copy with some fields changed (a named `model` refills the encoder sizes)."""
+        values = {**self.to_dict(), **overrides}
+        if "model" in overrides:
+            values.update(model_sizes_filled(overrides["model"], overrides))
         return JEPAConfig.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -333,6 +333,16 @@ class JEPAConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
+def model_sizes_filled(model: Any, given: typing.Collection[str] = ()) -> dict[str, int]:
+    """The rule "a model name fills in the sizes": the `SIZE_KEYS` values that a named
+    `model` (`MODEL_SIZES`) sets, except the keys in `given` (set explicitly; `validate`
+    checks them against the name). Empty for "custom" or an unknown name."""
+    if not isinstance(model, str) or model not in MODEL_SIZES:
+        return {}
+    sizes = zip(SIZE_KEYS, MODEL_SIZES[model], strict=True)
+    return {key: size for key, size in sizes if key not in given}
+
+
 # Former preset and config-group names -> what to use instead.
 RENAMED_PRESETS = {
     "fmnist_tiny": "'fmnist_w192' (the former preset fmnist-tiny: a 192x6 encoder, batch 128) "
@@ -426,6 +436,7 @@ RUNTIME_FIELDS = frozenset(
 )
 
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(JEPAConfig)
+_SIZE_DEFAULTS = {f.name: f.default for f in fields(JEPAConfig) if f.name in SIZE_KEYS}
 
 CHOICES = {  # the allowed values of the string fields (the CLI lists them too)
     "dataset": DATASETS,

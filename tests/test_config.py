@@ -134,6 +134,16 @@ def test_model_presets_set_sizes_and_conflicts_are_errors():
     )
 
 
+def test_named_model_sizes_are_the_model_group_files():
+    # Not vit_w128_d4 or vit_w192_d6: those are size recipes of `model: custom`.
+    named = ["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant"]
+    assert list(MODEL_SIZES) == named
+    assert MODEL_SIZES["vit_huge"] == (1280, 32, 16)
+    cfg = JEPAConfig.preset("seed_vitb16", model="vit_large")
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads) == MODEL_SIZES["vit_large"]
+    assert JEPAConfig(model="vit_huge", depth=32).embed_dim == 1280  # the name fills the rest
+
+
 @pytest.mark.parametrize(
     "bad",
     [
