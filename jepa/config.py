@@ -152,6 +152,9 @@ class JEPAConfig:
     output_dir: str = "./output"
     checkpoint_every: int = 200  # optimizer steps between checkpoints (and at each epoch end)
     checkpoint_uri: str | None = None  # s3://bucket/prefix to mirror the latest checkpoint
+    # Where in-progress training state (checkpoints) is kept, keyed by the run's identity;
+    # None: the user cache folder ($XDG_CACHE_HOME/jepa/runs or ~/.cache/jepa/runs).
+    run_store: str | None = None  # folder of in-progress training state, by run identity
     resume: bool = True
     log_every: int = 10
     diagnostics_every: int = 100
@@ -419,6 +422,7 @@ RUNTIME_FIELDS = frozenset(
         "output_dir",
         "checkpoint_every",
         "checkpoint_uri",
+        "run_store",
         "resume",
         "log_every",
         "diagnostics_every",
