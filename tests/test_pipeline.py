@@ -277,6 +277,16 @@ def test_pipeline_repro_experiment_plots_push_and_pull(
     git(repo, "commit", "-q", "-m", "first run")
     baselines_md5 = lock_md5(repo, "baselines", "eval/pixels.json")
 
+    # Editing a config group's comment changes no stage: jepa/conf is .dvcignore'd, and
+    # the stages see only params.yaml (prepare always runs, by design).
+    experiment = repo / "jepa" / "conf" / "experiment" / "fmnist_cpu_default.yaml"
+    experiment.write_text(experiment.read_text() + "# an edited comment\n")
+    status = json.loads(dvc(repo, "status", "--json").stdout)
+    assert set(status) <= {"prepare"} and status.get("prepare", ["always changed"]) == [
+        "always changed"
+    ], status
+    git(repo, "checkout", "--", "jepa/conf")
+
     # 2. An lr experiment: DVC recomposes params.yaml from jepa/conf/ with the -S overrides.
     sets = [arg for o in [*overrides, "lr=5e-3"] for arg in ("-S", o)]
     out = dvc(repo, "exp", "run", "--name", "lr5e-3", *sets).stdout
