@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from jepa import ema
-from jepa.config import PRESETS, JEPAConfig
+from jepa.config import JEPAConfig, preset_names
 from jepa.device import resolve_device
 from jepa.masks import build_collator
 from jepa.models import IJEPA, ijepa, vit
@@ -99,7 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="fmnist-tiny", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="fmnist_w192", choices=preset_names())
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None)

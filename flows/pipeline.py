@@ -6,7 +6,7 @@ stage whose dependencies, params and outputs are unchanged is skipped by DVC), a
 Prefect's own result caching is off: a cached "Completed" would hide a stale output.
 
 The first task writes `params.yaml` the way `dvc exp run` with Hydra enabled does:
-compose `conf/config.yaml` with overrides, resolve interpolations, dump as YAML.
+compose `jepa/conf/config.yaml` with overrides, resolve interpolations, dump as YAML.
 
 Retrying `pretrain` resumes rather than restarts: the stage finds its checkpoint in the
 run store (`run_store`, keyed by the run's identity; see `pipelines/pretrain.py`). With
@@ -48,7 +48,7 @@ KILL_GRACE_S = 20.0  # inside the 30 s a Prefect runner waits before SIGKILL of 
 PRETRAIN_RETRIES = 2
 PRETRAIN_RETRY_DELAY_S = 5
 
-DEFAULT_EXPERIMENT = "fmnist_tiny"
+DEFAULT_EXPERIMENT = "fmnist_cpu_default"
 PARAMS_FILE = "params.yaml"
 RESULTS_TABLE = "results/results.md"  # written by the `report` stage (dvc.yaml)
 
@@ -111,17 +111,19 @@ def format_hydra_value(value: Any) -> str:
 
 
 def compose_params_file(repo_dir: str | Path, overrides: list[str]) -> dict[str, Any]:
-    """Compose `repo_dir/conf` with `overrides` into `repo_dir/params.yaml`; return its values.
+    """Compose `repo_dir/jepa/conf` with `overrides` into `repo_dir/params.yaml`; return its values.
 
     `pipelines.compose` calls DVC's own `compose_and_dump` (so the bytes are what `dvc exp
     run` would write) and validates the result; it writes through `jepa.io.atomic_write`,
     so a failed or interrupted composition leaves the previous params.yaml whole.
     """
-    from pipelines.compose import compose
+    from pipelines.compose import REPO_CONF_DIR, compose
 
     repo = Path(repo_dir).resolve()
     # The temporary file keeps the .yaml suffix, from which compose_and_dump picks YAML.
-    atomic_write(repo / PARAMS_FILE, lambda tmp: compose(tmp, overrides, conf_dir=repo / "conf"))
+    atomic_write(
+        repo / PARAMS_FILE, lambda tmp: compose(tmp, overrides, conf_dir=repo / REPO_CONF_DIR)
+    )
     return yaml.safe_load((repo / PARAMS_FILE).read_text())
 
 

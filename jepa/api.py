@@ -39,8 +39,9 @@ def create_model(
 ) -> JEPAAgent:
     """A `JEPAAgent` for model `name` ("jepa").
 
-    The config is `config` (or the named `preset`, or `JEPAConfig()` defaults) with `fields`
-    overriding it; an unknown field or a wrong type raises `ConfigError` naming it.
+    The config is `config` (or the named `preset`, an experiment of jepa/conf such as
+    "fmnist_w192": `JEPAConfig.preset`; or `JEPAConfig()` defaults) with `fields` overriding
+    it; an unknown field or a wrong type raises `ConfigError` naming it.
     """
     if not isinstance(name, str) or name.lower() not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; available: 'jepa'")

@@ -42,11 +42,25 @@ from jepa.io import atomic_write
 from jepa.models.wrap import WRAPPER_PREFIXES, unwrap
 
 FORMAT = "jepa-checkpoint"
-VERSION = 1
+VERSION = 2
+
 
 # Upgrades of older checkpoint layouts: version v -> a function returning the v+1 dict.
 # Register one here whenever VERSION is bumped, so old runs stay resumable.
-UPGRADES: dict[int, Callable[[dict], dict]] = {}
+def _upgrade_v1(state: dict) -> dict:
+    """v1 → v2: the config field `subset` became `pretrain_subset` (the same meaning: the
+    first N training images, for pretraining). v2 checkpoints may also carry the metrics
+    rows logged so far in `extra["log"]`; a v1 run resumes with a log starting there."""
+    state = dict(state, version=2)
+    for key in ("config", "training_fields"):
+        if isinstance(state.get(key), dict) and "subset" in state[key]:
+            values = dict(state[key])
+            values["pretrain_subset"] = values.pop("subset")
+            state[key] = values
+    return state
+
+
+UPGRADES: dict[int, Callable[[dict], dict]] = {1: _upgrade_v1}
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)
 

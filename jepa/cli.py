@@ -1,10 +1,10 @@
 """Command line: `jepa train|eval|extract|probe|report` and the seed's `torchwm train jepa`.
 
     jepa train --dataset imagenet1k --root_path /data/imagenet --epochs 100 --batch_size 64
-    jepa train --preset fmnist-tiny --epochs 1
-    jepa eval --preset fmnist-tiny --read_checkpoint ./output
-    jepa extract --kind pixels --out feats/pixels --preset fmnist-tiny
-    jepa probe --features feats/pixels --out feats/pixels.json --preset fmnist-tiny
+    jepa train --preset fmnist_w192 --epochs 1
+    jepa eval --config params.yaml --read_checkpoint ./output
+    jepa extract --kind pixels --out feats/pixels --preset fmnist_w192
+    jepa probe --features feats/pixels --out feats/pixels.json --preset fmnist_w192
     jepa report output/eval other_run/eval --out results/
     torchwm train jepa --dataset imagenet1k --epochs 100 --batch_size 64
 
@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 from jepa import config
 from jepa.api import MODEL_NAMES
-from jepa.config import MODEL_SIZES, PRESETS, ConfigError, JEPAConfig
+from jepa.config import MODEL_SIZES, ConfigError, JEPAConfig, preset_names
 
 # Descriptions from the seed document's config table, for fields without a source comment.
 SEED_HELP = {
@@ -172,6 +172,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 *_flag_names(f.name), type=_value_parser(kind, optional),
                 metavar=kind.__name__.upper(), help=text, **common,
             )  # fmt: skip
+    for old in config.RENAMED_FIELDS:  # hidden: build_config names the new field
+        parser.add_argument(*_flag_names(old), dest=old, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)  # fmt: skip
 
 
 def build_config(args: argparse.Namespace) -> JEPAConfig:
@@ -184,7 +187,8 @@ def build_config(args: argparse.Namespace) -> JEPAConfig:
         base = JEPAConfig.preset(args.preset)
     else:
         base = JEPAConfig()
-    overrides = {f.name: getattr(args, f.name) for f in fields(JEPAConfig) if f.name in args}
+    names = [*(f.name for f in fields(JEPAConfig)), *config.RENAMED_FIELDS]
+    overrides = {name: getattr(args, name) for name in names if name in args}
     return base.replace(**overrides) if overrides else base
 
 
@@ -253,7 +257,9 @@ def _shared_parsers() -> tuple[Parser, Parser]:
     configured = Parser(add_help=False, allow_abbrev=False, parents=[base])
     source = configured.add_argument_group("base config (flags below override it)")
     source.add_argument("--config", metavar="FILE.yaml", help="flat YAML config, e.g. params.yaml")
-    source.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)}")
+    source.add_argument(
+        "--preset", metavar="NAME", help=f"an experiment of jepa/conf: {', '.join(preset_names())}"
+    )
     add_config_flags(configured)
     return base, configured
 

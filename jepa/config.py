@@ -21,6 +21,7 @@ into the config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -31,15 +32,29 @@ from typing import Any
 
 import yaml
 
-# Official I-JEPA encoder widths/depths/heads (timm naming).
-MODEL_SIZES: dict[str, tuple[int, int, int]] = {
-    "vit_tiny": (192, 12, 3),
-    "vit_small": (384, 12, 6),
-    "vit_base": (768, 12, 12),
-    "vit_large": (1024, 24, 16),
-    "vit_huge": (1280, 32, 16),
-    "vit_giant": (1408, 40, 16),
-}
+# The Hydra config groups (model/, dataset/, experiment/, debug/), shipped with the package.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+SIZE_KEYS = ("embed_dim", "depth", "num_heads")  # what a named model fixes
+
+
+def _read_model_sizes() -> dict[str, tuple[int, int, int]]:
+    """Named encoder sizes from the model group, smallest first: every
+    `jepa/conf/model/vit_*.yaml` whose `model` is its own name (the others, such as
+    vit_w128_d4, are size recipes of `model: custom`)."""
+    sizes = {}
+    for path in (CONF_DIR / "model").glob("vit_*.yaml"):
+        values = yaml.safe_load(path.read_text())
+        if values.get("model") == path.stem:
+            sizes[path.stem] = tuple(int(values[key]) for key in SIZE_KEYS)
+    if not sizes:
+        raise ImportError(f"no model sizes in {CONF_DIR / 'model'}: the package lacks its conf/")
+    return dict(sorted(sizes.items(), key=lambda item: item[1]))
+
+
+# Official I-JEPA encoder sizes (timm naming): name -> (embed_dim, depth, num_heads). The
+# one table is jepa/conf/model/vit_*.yaml (what `-S model=vit_small` composes).
+MODEL_SIZES: typing.Mapping[str, tuple[int, int, int]] = types.MappingProxyType(_read_model_sizes())
 
 DATASETS = ("fashion_mnist", "cifar10", "imagefolder", "imagenet1k", "imagenet")
 MASK_STRATEGIES = ("multiblock", "random")
@@ -54,6 +69,22 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type, or out of range."""
 
 
+# Former field names -> (the new name, why it changed); using an old name is an error.
+RENAMED_FIELDS: dict[str, tuple[str, str]] = {
+    "subset": ("pretrain_subset", "it limits pretraining images only"),
+}
+
+# Keys of a params file (params.yaml) that belong to the DVC pipeline, not to JEPAConfig,
+# with their types. The library reads such a file too and leaves these keys to the pipeline.
+PIPELINE_KEYS: dict[str, type] = {"nproc": int}
+
+
+def renamed_field_error(old: str) -> ConfigError:
+    """The error for a former field name, naming the new one."""
+    new, why = RENAMED_FIELDS[old]
+    return ConfigError(f"`{old}` was renamed to `{new}` ({why})")
+
+
 @dataclass
 class JEPAConfig:
     """Flat I-JEPA configuration (seed names and defaults, official-code defaults where they differ)."""
@@ -63,7 +94,7 @@ class JEPAConfig:
     root_path: str | None = None  # None: the dataset's default location
     image_folder: str = "train"
     download: bool = False
-    subset: int | None = None  # use only the first N training images (ablations, CPU runs)
+    pretrain_subset: int | None = None  # first N training images, for pretraining only
     corrupt_images: str = "skip"  # skip unreadable images (counted, warned) or raise
     crop_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop scale, official value
     num_workers: int = 4
@@ -140,32 +171,32 @@ class JEPAConfig:
 
     # -------------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in RENAMED_FIELDS:
+            raise renamed_field_error(name)
         if name not in _FIELD_TYPES:
             raise ConfigError(
                 f"JEPAConfig has no field {name!r}; known fields: {', '.join(sorted(_FIELD_TYPES))}"
             )
         object.__setattr__(self, name, _coerce(name, value))
-        if name == "model" and value in MODEL_SIZES and "num_heads" in self.__dict__:
-            self._apply_model_sizes(value)  # cfg.model = "vit_small" resizes the encoder
+        if name == "model" and "num_heads" in self.__dict__:  # not while __init__ runs
+            for key, size in model_sizes_filled(value).items():  # cfg.model = "vit_small"
+                object.__setattr__(self, key, size)
 
     def __post_init__(self) -> None:
-        # JEPAConfig(model="vit_small") with the sizes left at their defaults takes the
-        # preset's sizes; sizes given explicitly are checked against it by validate().
-        defaults = (768, 12, 12)
-        if self.model in MODEL_SIZES and (self.embed_dim, self.depth, self.num_heads) == defaults:
-            self._apply_model_sizes(self.model)
-        self.validate()
-
-    def _apply_model_sizes(self, name: str) -> None:
-        for key, size in zip(("embed_dim", "depth", "num_heads"), MODEL_SIZES[name], strict=True):
+        # JEPAConfig(model="vit_small"): the sizes left at their defaults count as not given.
+        given = [key for key in SIZE_KEYS if getattr(self, key) != _SIZE_DEFAULTS[key]]
+        for key, size in model_sizes_filled(self.model, given).items():
             object.__setattr__(self, key, size)
+        self.validate()
 
     # ---- construction -------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, strict: bool = True) -> JEPAConfig:
-        """Build from a flat mapping. A `model` preset fills the encoder sizes it names
+        """Build from a flat mapping. A named `model` fills the encoder sizes it names
         unless they are given too. Unknown keys raise `ConfigError` when `strict`."""
         values = dict(values)
+        if renamed := sorted(RENAMED_FIELDS.keys() & values.keys()):
+            raise renamed_field_error(renamed[0])
         unknown = sorted(set(values) - set(_FIELD_TYPES))
         if unknown and strict:
             raise ConfigError(
@@ -174,12 +205,7 @@ class JEPAConfig:
             )
         for key in unknown:
             values.pop(key)
-        name = values.get("model")
-        if name in MODEL_SIZES:
-            for key, size in zip(
-                ("embed_dim", "depth", "num_heads"), MODEL_SIZES[name], strict=True
-            ):
-                values.setdefault(key, size)
+        values.update(model_sizes_filled(values.get("model"), values))
         cfg = cls.__new__(cls)
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -189,28 +215,26 @@ class JEPAConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> JEPAConfig:
-        """Load a flat YAML mapping (e.g. the committed `params.yaml`)."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path}: expected a mapping of config keys, got {type(data).__name__}"
-            )
-        return cls.from_dict(data)
+        """Load a flat YAML mapping (e.g. the committed `params.yaml`; its pipeline-only
+        keys, `PIPELINE_KEYS`, are checked and left out)."""
+        return load_params(path)[0]
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> JEPAConfig:
-        """A named configuration (see `PRESETS`) with optional overrides."""
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        """The experiment `name` of the config groups (`jepa/conf/experiment/<name>.yaml`,
+        listed by `preset_names()`; `-` may stand for `_`), as `dvc exp run -S
+        experiment=<name>` composes it, with `overrides` applied as by `replace`.
+
+        Needs hydra-core; without it, load a flat YAML file with `from_yaml`.
+        """
+        cfg = cls.from_dict(preset_values(name))
+        return cfg.replace(**overrides) if overrides else cfg
 
     def replace(self, **overrides: Any) -> JEPAConfig:
-        """A copy with some fields changed (a `model` preset refills the encoder sizes)."""
-        values = self.to_dict()
-        if "model" in overrides and overrides["model"] in MODEL_SIZES:
-            for key in ("embed_dim", "depth", "num_heads"):
-                values.pop(key)
-        values.update(overrides)
+        """A copy with some fields changed (a named `model` refills the encoder sizes)."""
+        values = {**self.to_dict(), **overrides}
+        if "model" in overrides:
+            values.update(model_sizes_filled(overrides["model"], overrides))
         return JEPAConfig.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -245,7 +269,7 @@ class JEPAConfig:
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("subset", "max_steps", "probe_subset"):
+        for name in ("pretrain_subset", "max_steps", "probe_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
         for whole, part in (
@@ -312,6 +336,79 @@ class JEPAConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
+def model_sizes_filled(model: Any, given: typing.Collection[str] = ()) -> dict[str, int]:
+    """The rule "a model name fills in the sizes": the `SIZE_KEYS` values that a named
+    `model` (`MODEL_SIZES`) sets, except the keys in `given` (set explicitly; `validate`
+    checks them against the name). Empty for "custom" or an unknown name."""
+    if not isinstance(model, str) or model not in MODEL_SIZES:
+        return {}
+    sizes = zip(SIZE_KEYS, MODEL_SIZES[model], strict=True)
+    return {key: size for key, size in sizes if key not in given}
+
+
+# Former preset and config-group names -> what to use instead.
+RENAMED_PRESETS = {
+    "fmnist_tiny": "'fmnist_w192' (the former preset fmnist-tiny: a 192x6 encoder, batch 128) "
+    "or 'fmnist_cpu_default' (the former experiment fmnist_tiny: the DVC pipeline's default)",
+    "fmnist_small": "'fmnist_cpu_default' (it uses the former model fmnist_small, now the "
+    "model group 'vit_w128_d4')",
+}
+
+
+def preset_names() -> list[str]:
+    """The preset names: the experiments of the config groups (`jepa/conf/experiment/`)."""
+    return sorted(path.stem for path in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The flat values of preset `name` (`JEPAConfig.preset`), pipeline-only keys left out."""
+    key = name.replace("-", "_")
+    if key in RENAMED_PRESETS:
+        raise ConfigError(f"preset {name!r} was renamed: use {RENAMED_PRESETS[key]}")
+    if key not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    return dict(_compose_experiment(key))
+
+
+@functools.cache
+def _compose_experiment(name: str) -> dict[str, Any]:
+    """Hydra's composition of `CONF_DIR` with `experiment=<name>`, resolved and flat."""
+    try:
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+    except ImportError as err:
+        raise ConfigError(
+            "presets are composed from jepa/conf by Hydra: install hydra-core "
+            "(pip install hydra-core), or pass a flat YAML config (JEPAConfig.from_yaml, "
+            "`--config params.yaml`)"
+        ) from err
+    # version_base=None, as `dvc exp run` composes: a preset is the params.yaml DVC writes
+    # for that experiment. The context manager leaves no global Hydra state behind.
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        composed = compose(config_name="config", overrides=[f"experiment={name}"])
+    values = OmegaConf.to_container(composed, resolve=True)
+    return {key: value for key, value in values.items() if key not in PIPELINE_KEYS}
+
+
+def load_params(path: str | Path) -> tuple[JEPAConfig, dict[str, Any]]:
+    """`(JEPAConfig, pipeline keys)` from a flat params file; unknown keys are errors."""
+    path = Path(path)
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    pipeline = {}
+    for key, kind in PIPELINE_KEYS.items():
+        if key in values:
+            value = values.pop(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ConfigError(f"{path}: {key} expects {kind.__name__}, got {value!r}")
+            pipeline[key] = value
+    try:
+        return JEPAConfig.from_dict(values), pipeline
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
 # Fields that may change between a run and its resumption.
 RUNTIME_FIELDS = frozenset(
     {
@@ -343,6 +440,7 @@ RUNTIME_FIELDS = frozenset(
 )
 
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(JEPAConfig)
+_SIZE_DEFAULTS = {f.name: f.default for f in fields(JEPAConfig) if f.name in SIZE_KEYS}
 
 CHOICES = {  # the allowed values of the string fields (the CLI lists them too)
     "dataset": DATASETS,
@@ -431,74 +529,3 @@ def _scalar(name: str, kind: type, value: Any) -> Any:
         if isinstance(value, str):
             return value
     raise ConfigError(f"{name} expects {kind.__name__}, got {value!r} ({type(value).__name__})")
-
-
-# Named configurations. `fmnist-tiny` is the embedded CPU default; `seed-vitb16` is the
-# seed document's ViT-B/16 recipe; `in1k-vith14-ep300` the official ImageNet ViT-H/14 one.
-PRESETS: dict[str, dict[str, Any]] = {
-    "fmnist-tiny": dict(
-        dataset="fashion_mnist",
-        image_size=28,
-        patch_size=4,
-        in_chans=1,
-        model="custom",
-        embed_dim=192,
-        depth=6,
-        num_heads=3,
-        pred_embed_dim=96,
-        pred_depth=4,
-        pred_num_heads=3,
-        batch_size=128,
-        min_keep=4,
-        epochs=10,
-        warmup_epochs=1,
-        lr=1e-3,
-        start_lr=2e-4,
-        min_lr=1e-6,
-        weight_decay=0.04,
-        final_weight_decay=0.4,
-        clip_grad=None,
-        crop_scale=(0.5, 1.0),
-        num_workers=2,
-        checkpoint_every=100,
-        diagnostics_every=50,
-        eval_batch_size=512,
-    ),
-    "seed-vitb16": dict(
-        dataset="imagenet1k",
-        image_size=224,
-        patch_size=16,
-        model="vit_base",
-        batch_size=64,
-        lr=1.5e-4,
-        min_lr=1e-6,
-        warmup_epochs=40,
-        weight_decay=0.05,
-        clip_grad=1.0,
-        epochs=100,
-    ),
-    "in1k-vith14-ep300": dict(
-        dataset="imagenet1k",
-        image_size=224,
-        patch_size=14,
-        model="vit_huge",
-        pred_embed_dim=384,
-        pred_depth=12,
-        pred_num_heads=16,
-        batch_size=2048,
-        epochs=300,
-        lr=1e-3,
-        start_lr=2e-4,
-        min_lr=1e-6,
-        warmup_epochs=40,
-        weight_decay=0.04,
-        final_weight_decay=0.4,
-        clip_grad=None,
-        ema=(0.996, 1.0),
-        enc_mask_scale=(0.85, 1.0),
-        pred_mask_scale=(0.15, 0.2),
-        min_keep=10,
-        num_workers=10,
-        amp="bf16",
-    ),
-}

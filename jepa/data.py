@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
@@ -450,11 +450,10 @@ def build_dataset(
 
     `split` is "train" or "test" ("val" is the same split; for ImageFolder datasets both
     read the `val` folder). `train_transform` picks `pretrain_transform` over
-    `eval_transform`. `cfg.subset` keeps the first N training items (test split untouched).
+    `eval_transform`. Always the whole split: `pretrain_dataset` applies `pretrain_subset`.
     """
     split = _split_name(split)
     transform = pretrain_transform(cfg) if train_transform else eval_transform(cfg)
-    limit = cfg.subset if split == "train" else None
     name = cfg.dataset_name
     if name in ("imagefolder", "imagenet1k"):
         if cfg.in_chans not in (1, 3):
@@ -466,7 +465,6 @@ def build_dataset(
                 transform,
                 mode="L" if cfg.in_chans == 1 else "RGB",
                 corrupt_images=cfg.corrupt_images,
-                limit=limit,
             )
         except FileNotFoundError as err:  # torchvision: no class folders / no images
             raise DatasetNotFoundError(
@@ -480,7 +478,26 @@ def build_dataset(
     else:
         raise ConfigError(f"dataset={cfg.dataset!r} has no loader in jepa.data")
     _channel_repeat_ok(cfg, images.shape[1])
-    return TensorImageDataset(images[:limit], labels[:limit], classes, transform, cfg.in_chans)
+    return TensorImageDataset(images, labels, classes, transform, cfg.in_chans)
+
+
+def pretrain_indices(cfg: JEPAConfig, num_images: int) -> range:
+    """Which of the `num_images` training images pretraining uses: the first
+    `cfg.pretrain_subset` (all of them when it is None).
+
+    The one place `pretrain_subset` applies: evaluation, probes and baselines always read
+    whole splits (`build_dataset`), whatever `pretrain_subset` is.
+    """
+    limit = cfg.pretrain_subset
+    return range(num_images if limit is None else min(limit, num_images))
+
+
+def pretrain_dataset(cfg: JEPAConfig) -> Dataset:
+    """The pretraining images: the train split with the pretrain transform, limited to
+    `pretrain_indices` (a `Subset` view when `pretrain_subset` leaves some out)."""
+    dataset = build_dataset(cfg, "train", train_transform=True)
+    indices = pretrain_indices(cfg, len(dataset))
+    return dataset if len(indices) == len(dataset) else Subset(dataset, indices)
 
 
 def num_classes(dataset: Dataset) -> int:
@@ -631,7 +648,8 @@ def build_pretrain_loader(
         raise ValueError(
             f"{len(dataset)} images give {sampler.num_samples} per rank: too few for one step "
             f"of batch_size={cfg.batch_size} x accum_iter={cfg.accum_iter} over {world_size} "
-            f"process(es); lower batch_size or use more images"
+            f"process(es); lower batch_size or use more images (pretrain_subset="
+            f"{cfg.pretrain_subset})"
         )
     loader = SkipEmptyLoader(
         SeededItems(dataset, cfg.seed),

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from jepa.config import JEPAConfig
-from jepa.data import build_dataset, source_files
+from jepa.data import build_dataset, pretrain_indices, source_files
 from jepa.io import write_json
 
 SPLITS = ("train", "test")
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the train split records `pretrain_subset` (was `subset`)
 
 
 class DatasetCheckError(ValueError):
@@ -93,7 +93,7 @@ def describe_split(cfg: JEPAConfig, split: str) -> dict[str, Any]:
     Raises `DatasetNotFoundError` (with how to get the data) when it is missing and
     `DatasetCheckError` when it is present but unusable.
     """
-    dataset = build_dataset(cfg.replace(subset=None), split, train_transform=False)
+    dataset = build_dataset(cfg, split, train_transform=False)
     labels = [int(t) for t in dataset.targets]
     if not labels:
         raise DatasetCheckError(f"{cfg.dataset} {split} split has no images")
@@ -114,9 +114,9 @@ def describe_split(cfg: JEPAConfig, split: str) -> dict[str, Any]:
             path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
             for path in source_files(cfg, split)
         }
-    if split == "train" and cfg.subset is not None:
-        kept = labels[: cfg.subset]
-        record["subset"] = {
+    if split == "train" and cfg.pretrain_subset is not None:
+        kept = [labels[i] for i in pretrain_indices(cfg, len(labels))]
+        record["pretrain_subset"] = {
             "num_images": len(kept),
             "class_counts": _class_counts(kept, dataset.classes),
         }

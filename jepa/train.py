@@ -32,7 +32,7 @@ from tqdm import tqdm
 from jepa import checkpoint as ckpt
 from jepa import schedules
 from jepa.config import JEPAConfig
-from jepa.data import PretrainLoader, build_dataset, build_pretrain_loader
+from jepa.data import PretrainLoader, build_pretrain_loader, pretrain_dataset
 from jepa.device import autocast
 from jepa.diagnostics import CollapseMonitor, collapse_stats
 from jepa.distributed import (
@@ -265,7 +265,7 @@ def start_run(
     collator = build_collator(cfg)
     data = build_pretrain_loader(
         cfg,
-        build_dataset(cfg, "train", train_transform=True),
+        pretrain_dataset(cfg),
         collator,
         rank=env.rank,
         world_size=env.world_size,
@@ -498,13 +498,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`python -m jepa.train --config params.yaml [--set key=value ...]`, also under torchrun."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--config", help="flat YAML config (e.g. params.yaml)")
-    parser.add_argument("--preset", help="a named config from jepa.config.PRESETS")
+    parser.add_argument("--preset", help="an experiment of jepa/conf (JEPAConfig.preset)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides")
     args = parser.parse_args(argv)
     cfg = (
         JEPAConfig.from_yaml(args.config)
         if args.config
-        else JEPAConfig.preset(args.preset or "fmnist-tiny")
+        else JEPAConfig.preset(args.preset or "fmnist_w192")
     )
     overrides = dict(item.split("=", 1) for item in args.set)
     if overrides:

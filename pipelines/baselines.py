@@ -17,10 +17,11 @@ import logging
 import tempfile
 from pathlib import Path
 
+from jepa.config import load_params
 from jepa.data import DatasetNotFoundError
 from jepa.evaluate import extract, headline, probe
 from jepa.io import write_json
-from pipelines.common import evaluation_config, load_params, run_main
+from pipelines.common import run_main
 
 log = logging.getLogger("pipelines.baselines")
 KINDS = ("pixels", "random")
@@ -33,7 +34,7 @@ def main() -> None:
         parser.add_argument(f"--{kind}", type=Path, required=True, help=f"{kind} probe record")
     parser.add_argument("--metrics", type=Path, required=True, help="headline metrics (JSON)")
     args = parser.parse_args()
-    cfg = evaluation_config(load_params(args.params)[0])
+    cfg, _ = load_params(args.params)
     results = {}
     for kind in KINDS:
         with tempfile.TemporaryDirectory(prefix=f"features-{kind}-") as tmp:

@@ -1,11 +1,11 @@
-"""Regenerate params.yaml from conf/ exactly as `dvc exp run` does.
+"""Regenerate params.yaml from jepa/conf/ exactly as `dvc exp run` does.
 
     python -m pipelines.compose                      # the committed default
     python -m pipelines.compose experiment=seed_vitb16 root_path=/data/imagenet
 
-`dvc exp run -S ...` composes conf/ with its overrides and overwrites params.yaml with
+`dvc exp run -S ...` composes jepa/conf/ with its overrides and overwrites params.yaml with
 DVC's own `compose_and_dump`, which this calls too, so both write identical bytes. Run it
-after editing conf/ (tests/test_hydra.py fails until params.yaml matches again).
+after editing jepa/conf/ (tests/test_hydra.py fails until params.yaml matches again).
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.common import load_params
+from jepa.config import load_params
+
+# The config groups in a checkout, relative to its root: .dvc/config's [hydra] config_dir.
+REPO_CONF_DIR = Path("jepa", "conf")
 
 
-def compose(output: Path, overrides: list[str], conf_dir: Path = Path("conf")) -> Path:
+def compose(output: Path, overrides: list[str], conf_dir: Path = REPO_CONF_DIR) -> Path:
     """Compose `conf_dir/config.yaml` with Hydra `overrides` into `output` (flat YAML)."""
     from dvc.utils.hydra import compose_and_dump
 
@@ -31,7 +34,7 @@ def main() -> None:
         "overrides", nargs="*", help="Hydra overrides, e.g. lr=2e-4 model=vit_small"
     )
     parser.add_argument("--out", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--conf", type=Path, default=Path("conf"))
+    parser.add_argument("--conf", type=Path, default=REPO_CONF_DIR)
     args = parser.parse_args()
     print(f"wrote {compose(args.out, args.overrides, args.conf)}")
 

@@ -12,9 +12,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from jepa.config import load_params
 from jepa.data import DatasetNotFoundError
 from jepa.evaluate import extract
-from pipelines.common import evaluation_config, load_params, run_main
+from pipelines.common import run_main
 
 log = logging.getLogger("pipelines.extract")
 
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("--encoder", type=Path, required=True, help="exported encoder dir")
     parser.add_argument("--out", type=Path, required=True, help="feature directory")
     args = parser.parse_args()
-    cfg = evaluation_config(load_params(args.params)[0])
+    cfg, _ = load_params(args.params)
     meta = extract(cfg, args.encoder, args.out, kind="pretrained")
     shapes = {split: d["features_shape"] for split, d in meta["splits"].items()}
     log.info("features %s -> %s", shapes, args.out)

@@ -11,9 +11,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from jepa.config import load_params
 from jepa.data import DatasetNotFoundError
 from jepa.prepare import DatasetCheckError, build_manifest, write_manifest
-from pipelines.common import load_params, run_main
+from pipelines.common import run_main
 
 log = logging.getLogger("pipelines.prepare")
 

@@ -23,12 +23,13 @@ import os
 import shutil
 from pathlib import Path
 
+from jepa.config import load_params
 from jepa.data import DatasetNotFoundError
 from jepa.live import LiveLogger
 from jepa.prepare import sha256_file
 from jepa.runs import run_store_dir
 from jepa.train import pretrain
-from pipelines.common import load_params, run_main
+from pipelines.common import run_main
 
 log = logging.getLogger("pipelines.pretrain")
 

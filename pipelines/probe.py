@@ -13,9 +13,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from jepa.config import load_params
 from jepa.evaluate import headline, probe
 from jepa.io import write_json
-from pipelines.common import load_params, run_main
+from pipelines.common import run_main
 
 log = logging.getLogger("pipelines.probe")
 

@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# What `dvc repro` needs; .dvcignore keeps bytecode out of the `jepa` dependency's hash.
-PIPELINE_FILES = ("dvc.yaml", ".dvcignore", "conf", "pipelines", "jepa")
+# What `dvc repro` needs (the config groups are in jepa/conf); .dvcignore keeps bytecode
+# and jepa/conf out of the `jepa` dependency's hash.
+PIPELINE_FILES = ("dvc.yaml", ".dvcignore", "pipelines", "jepa")
 
 
 def copy_pipeline(dest: Path) -> Path:

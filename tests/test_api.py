@@ -122,7 +122,7 @@ def test_imagefolder_dataset_trains(tmp_path):
             pixels = rng.integers(0, 100, (28, 28, 3)) + brightness
             Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
     agent = torchwm.create_model(
-        "jepa", preset="fmnist-tiny", dataset="imagefolder", root_path=str(tmp_path / "my_dataset"),
+        "jepa", preset="fmnist_w192", dataset="imagefolder", root_path=str(tmp_path / "my_dataset"),
         image_folder="train", model="custom", embed_dim=24, depth=1, num_heads=3,
         pred_embed_dim=12, pred_depth=1, pred_num_heads=3, batch_size=8, epochs=1,
         num_workers=0, progress=False, output_dir=str(tmp_path / "out"), log_every=1,

@@ -26,7 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 
 @pytest.fixture(scope="module")
 def cfg() -> JEPAConfig:
-    return JEPAConfig.preset("fmnist-tiny").replace(
+    return JEPAConfig.preset("fmnist_w192").replace(
         model="custom",
         depth=2,
         embed_dim=48,
@@ -309,6 +309,26 @@ def test_old_checkpoint_resumes_one_more_step() -> None:
     assert any(not torch.equal(a, p) for a, p in zip(before, encoder.parameters(), strict=True))
     steps = {int(s["step"]) for s in optimizer.state.values()}
     assert steps == {state["step"] + 1}  # the moments continued from the saved step
+
+
+def test_old_run_resumes_through_pretrain(tmp_path, monkeypatch, caplog) -> None:
+    """The training loop itself continues a v1 run (written before `subset` was renamed
+    and before checkpoints carried their log) from its step-2 checkpoint."""
+    import logging
+    import shutil
+
+    from fmnist_data import write_tiny_fmnist
+
+    from jepa.train import pretrain
+
+    monkeypatch.chdir(tmp_path)  # the fixture's config names relative paths: data/, run/
+    write_tiny_fmnist(Path("data"), num_train=64, num_test=16)
+    shutil.copytree(FIXTURES / "run", "run")
+    stored = ckpt.load_checkpoint(Path("run/checkpoints/latest.pt"))["config"]
+    with caplog.at_level(logging.INFO, logger="jepa.train"):
+        summary = pretrain(JEPAConfig.from_dict(stored).replace(max_steps=3))
+    assert "at step 2" in caplog.text and summary["steps"] == 3
+    assert ckpt.load_checkpoint(Path("run/checkpoints/latest.pt"))["version"] == ckpt.VERSION
 
 
 def test_old_encoder_export_gives_the_saved_features() -> None:

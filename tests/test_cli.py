@@ -76,7 +76,7 @@ def test_flag_forms_map_to_typed_fields():
 
 
 def test_preset_and_config_file_are_the_base(tmp_path):
-    cfg = parse("train", "--preset", "fmnist-tiny", "--epochs", "3")
+    cfg = parse("train", "--preset", "fmnist_w192", "--epochs", "3")
     assert (cfg.dataset, cfg.embed_dim, cfg.epochs) == ("fashion_mnist", 192, 3)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"dataset": "cifar10", "epochs": 7, "lr": 1e-3}))
@@ -111,7 +111,7 @@ def test_torchwm_seed_command_maps_to_the_config(monkeypatch, capsys):
 
 
 def test_train_then_eval_for_real(tmp_path, capsys):
-    common = ["--preset", "fmnist-tiny", *flags(tiny_fields(tmp_path))]
+    common = ["--preset", "fmnist_w192", *flags(tiny_fields(tmp_path))]
     assert cli.main(["train", *common]) == 0
     summary = json.loads(capsys.readouterr().out)
     out = tmp_path / "out"
@@ -126,7 +126,7 @@ def test_train_then_eval_for_real(tmp_path, capsys):
 
 
 def test_extract_probe_report_commands(tmp_path, capsys):
-    common = ["--preset", "fmnist-tiny", *flags(tiny_fields(tmp_path))]
+    common = ["--preset", "fmnist_w192", *flags(tiny_fields(tmp_path))]
     feats, metrics_file = tmp_path / "pixels", tmp_path / "pixels.json"
     assert cli.main(["extract", *common, "--kind", "pixels", "--out", str(feats)]) == 0
     assert json.loads(capsys.readouterr().out)["features_shape"]["train"] == [48, 784]
@@ -166,13 +166,15 @@ def test_errors_are_one_line_in_a_subprocess(tmp_path):
 def test_errors_are_one_line_in_process(tmp_path, capsys):
     assert cli.main(["train", "--dataset", "mnist"]) == 2
     assert_one_line_error(capsys.readouterr().err, "dataset='mnist'")
+    assert cli.main(["eval", "--subset", "5"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "`subset` was renamed to `pretrain_subset`")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--epochs", "zero"])
     assert exit_info.value.code == 2
     assert_one_line_error(capsys.readouterr().err, "--epochs", "expected an integer")
     garbage = tmp_path / "model.pt"
     garbage.write_bytes(b"\x00 not a checkpoint")
-    common = ["--preset", "fmnist-tiny", *flags(tiny_fields(tmp_path))]
+    common = ["--preset", "fmnist_w192", *flags(tiny_fields(tmp_path))]
     assert cli.main(["eval", *common, "--read_checkpoint", str(garbage)]) == 1
     assert_one_line_error(capsys.readouterr().err, "jepa eval: error:", str(garbage))
     assert cli.main(["eval", *common, "--read_checkpoint", str(tmp_path / "gone.pt")]) == 1

@@ -1,8 +1,15 @@
 """JEPAConfig: one typed schema; bad keys, types and values fail naming the field."""
 
-import pytest
+import re
+import subprocess
+import sys
+from pathlib import Path
 
-from jepa.config import MODEL_SIZES, PRESETS, ConfigError, JEPAConfig
+import pytest
+import yaml
+
+from jepa import config
+from jepa.config import MODEL_SIZES, ConfigError, JEPAConfig, load_params, preset_names
 
 
 def test_seed_defaults():
@@ -25,9 +32,68 @@ def test_seed_defaults():
     )
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", preset_names())
 def test_presets_validate(name):
     assert JEPAConfig.preset(name).validate()
+
+
+def test_presets_are_the_experiments_and_old_names_say_the_new_ones():
+    assert preset_names() == [
+        "fmnist_cpu_default", "fmnist_w192", "in1k_vith14_ep300", "seed_vitb16"
+    ]  # fmt: skip
+    assert JEPAConfig.preset("seed-vitb16") == JEPAConfig.preset("seed_vitb16")  # - for _
+    cfg = JEPAConfig.preset("fmnist_w192", epochs=3, model="vit_small", patch_size=4)
+    assert (cfg.epochs, cfg.embed_dim, cfg.batch_size) == (3, 384, 128)  # overrides as replace
+    for old in ("fmnist-tiny", "fmnist_tiny"):
+        with pytest.raises(ConfigError, match="'fmnist_w192'.*'fmnist_cpu_default'"):
+            JEPAConfig.preset(old)
+    with pytest.raises(ConfigError, match="'fmnist_cpu_default'.*'vit_w128_d4'"):
+        JEPAConfig.preset("fmnist_small")
+    with pytest.raises(ConfigError, match="choose one of fmnist_cpu_default, fmnist_w192"):
+        JEPAConfig.preset("fmnist")
+
+
+def test_composing_a_preset_leaves_no_global_hydra_state():
+    from hydra.core.global_hydra import GlobalHydra
+
+    config._compose_experiment.cache_clear()
+    JEPAConfig.preset("fmnist_w192")
+    assert not GlobalHydra.instance().is_initialized()
+
+
+def test_without_hydra_presets_say_what_to_do(monkeypatch):
+    monkeypatch.setitem(sys.modules, "hydra", None)  # `import hydra` fails, as if not installed
+    config._compose_experiment.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="install hydra-core.*flat YAML config"):
+            JEPAConfig.preset("fmnist_w192")
+    finally:
+        config._compose_experiment.cache_clear()
+
+
+def test_the_library_trains_from_a_flat_yaml_without_the_pipeline_packages(tmp_path, tiny_fmnist):
+    """Only torch and the numeric packages: no hydra, omegaconf, dvc, prefect or boto3."""
+    cfg = JEPAConfig.preset("fmnist_w192").replace(
+        root_path=str(tiny_fmnist), embed_dim=32, depth=1, num_heads=2, pred_embed_dim=16,
+        pred_depth=1, pred_num_heads=2, batch_size=16, max_steps=1, num_workers=0,
+        progress=False, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**cfg.to_dict(), "nproc": 1}))
+    code = (
+        "import sys\n"
+        "for name in ('hydra', 'omegaconf', 'dvc', 'dvclive', 'prefect', 'boto3'):\n"
+        "    sys.modules[name] = None\n"
+        "import jepa.train\n"
+        "jepa.train.main(['--config', sys.argv[1]])\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(params)], cwd=root, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "encoder" / "encoder.json").is_file()
 
 
 def test_unknown_attribute_and_key_name_the_field():
@@ -61,11 +127,21 @@ def test_model_presets_set_sizes_and_conflicts_are_errors():
     with pytest.raises(ConfigError, match="model='custom'"):
         JEPAConfig(model="vit_small", embed_dim=100)
     assert (
-        JEPAConfig.preset("fmnist-tiny")
+        JEPAConfig.preset("fmnist_w192")
         .replace(model="vit_small", image_size=32, patch_size=4)
         .depth
         == 12
     )
+
+
+def test_named_model_sizes_are_the_model_group_files():
+    # Not vit_w128_d4 or vit_w192_d6: those are size recipes of `model: custom`.
+    named = ["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant"]
+    assert list(MODEL_SIZES) == named
+    assert MODEL_SIZES["vit_huge"] == (1280, 32, 16)
+    cfg = JEPAConfig.preset("seed_vitb16", model="vit_large")
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads) == MODEL_SIZES["vit_large"]
+    assert JEPAConfig(model="vit_huge", depth=32).embed_dim == 1280  # the name fills the rest
 
 
 @pytest.mark.parametrize(
@@ -77,16 +153,16 @@ def test_model_presets_set_sizes_and_conflicts_are_errors():
         dict(pred_mask_scale=(0.3, 0.2)),
         dict(checkpoint_uri="/tmp/x"),
         dict(probe_last_blocks=7),
-        dict(subset=0),
+        dict(pretrain_subset=0),
     ],
 )
 def test_bad_values_are_rejected(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
-        JEPAConfig.preset("fmnist-tiny", **bad)
+        JEPAConfig.preset("fmnist_w192", **bad)
 
 
 def test_training_hash_ignores_runtime_fields_only():
-    cfg = JEPAConfig.preset("fmnist-tiny")
+    cfg = JEPAConfig.preset("fmnist_w192")
     assert (
         cfg.replace(num_workers=7, output_dir="elsewhere", max_steps=3).training_hash()
         == cfg.training_hash()
@@ -98,3 +174,28 @@ def test_training_hash_ignores_runtime_fields_only():
 def test_to_dict_round_trips():
     cfg = JEPAConfig.preset("in1k-vith14-ep300")
     assert JEPAConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_the_former_name_subset_names_pretrain_subset(tmp_path):
+    renamed = "`subset` was renamed to `pretrain_subset` (it limits pretraining images only)"
+    with pytest.raises(ConfigError, match=re.escape(renamed)):
+        JEPAConfig.from_dict({"subset": 5})
+    with pytest.raises(ConfigError, match=re.escape(renamed)):
+        JEPAConfig().subset = 5
+    with pytest.raises(ConfigError, match=re.escape(renamed)):
+        JEPAConfig().replace(subset=5)
+    params = tmp_path / "params.yaml"
+    params.write_text("subset: 5\nnproc: 1\n")
+    with pytest.raises(ConfigError, match=re.escape(renamed)):
+        JEPAConfig.from_yaml(params)
+    assert JEPAConfig(pretrain_subset=5).pretrain_subset == 5
+
+
+def test_a_params_file_is_a_config_plus_pipeline_keys(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("lr: 0.001\nnproc: 2\n")
+    assert load_params(params) == (JEPAConfig(lr=1e-3), {"nproc": 2})
+    assert JEPAConfig.from_yaml(params) == JEPAConfig(lr=1e-3)  # the library ignores nproc
+    params.write_text("lr: 0.001\nnproc: two\n")
+    with pytest.raises(ConfigError, match="nproc expects int"):
+        JEPAConfig.from_yaml(params)

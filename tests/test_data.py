@@ -27,6 +27,7 @@ from jepa.data import (
     build_eval_loader,
     build_pretrain_loader,
     num_classes,
+    pretrain_dataset,
     read_idx,
     source_files,
 )
@@ -36,7 +37,7 @@ FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 
 def fmnist_cfg(root: Path | None, **overrides) -> JEPAConfig:
     values = {"num_workers": 0, **overrides}
-    return JEPAConfig.preset("fmnist-tiny", root_path=root and str(root), **values)
+    return JEPAConfig.preset("fmnist_w192", root_path=root and str(root), **values)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -92,11 +93,12 @@ def test_fashion_mnist_reads_torchvision_raw_layout(tmp_path):
 
 def test_fashion_mnist_channels_subset_and_in_chans(tmp_path):
     write_fmnist(tmp_path)  # files directly in root_path
-    rgb = build_dataset(fmnist_cfg(tmp_path, in_chans=3, subset=7), train_transform=False)
+    rgb = build_dataset(fmnist_cfg(tmp_path, in_chans=3, pretrain_subset=7), train_transform=False)
     image, _, _ = rgb[0]
-    assert len(rgb) == 7 and image.shape == (3, 28, 28)
+    assert len(rgb) == 12 and image.shape == (3, 28, 28)  # pretrain_subset: pretraining only
     assert torch.equal(image[0], image[2])  # grayscale repeated, same normalisation
-    assert len(build_dataset(fmnist_cfg(tmp_path, subset=7), "test")) == 5  # subset: train only
+    assert len(build_dataset(fmnist_cfg(tmp_path, pretrain_subset=7), "test")) == 5
+    assert len(pretrain_dataset(fmnist_cfg(tmp_path, pretrain_subset=7))) == 7
     with pytest.raises(ConfigError, match="in_chans=2"):
         build_dataset(fmnist_cfg(tmp_path, in_chans=2))
 

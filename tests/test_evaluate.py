@@ -9,11 +9,13 @@ import csv
 import gzip
 import json
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from jepa.checkpoint import CheckpointError
 from jepa.config import JEPAConfig
@@ -71,7 +73,7 @@ def write_tiny_fmnist(root: Path, num_train: int = 48, num_test: int = 24) -> Pa
 
 
 def tiny_fields(tmp: Path, **overrides) -> dict:
-    """Fields over the `fmnist-tiny` preset: `TINY`, data under `tmp/data` (written if
+    """Fields over the `fmnist_w192` preset: `TINY`, data under `tmp/data` (written if
     missing), outputs in `tmp/out`."""
     root = tmp / "data"
     if not (root / "raw").is_dir():
@@ -80,8 +82,8 @@ def tiny_fields(tmp: Path, **overrides) -> dict:
 
 
 def tiny_config(tmp: Path, **overrides) -> JEPAConfig:
-    """`JEPAConfig.preset("fmnist-tiny", **tiny_fields(tmp, **overrides))`."""
-    return JEPAConfig.preset("fmnist-tiny", **tiny_fields(tmp, **overrides))
+    """`JEPAConfig.preset("fmnist_w192", **tiny_fields(tmp, **overrides))`."""
+    return JEPAConfig.preset("fmnist_w192", **tiny_fields(tmp, **overrides))
 
 
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[JEPAConfig, Path]:
@@ -91,7 +93,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[JEPAConfig, P
 
     base = tmp_path_factory.getbasetemp() / "shared-run"
     base.mkdir(exist_ok=True)
-    agent = torchwm.create_model("jepa", preset="fmnist-tiny", **tiny_fields(base))
+    agent = torchwm.create_model("jepa", preset="fmnist_w192", **tiny_fields(base))
     if not (base / "out" / "summary.json").is_file():
         agent.train()
     return agent.cfg, Path(agent.cfg.output_dir)
@@ -222,3 +224,51 @@ def test_load_pretrained_checks_channels(run, tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         load_pretrained(cfg, garbage)
+
+
+# ---- one meaning of pretrain_subset -------------------------------------------------------------
+
+
+def test_api_cli_and_dvc_stages_evaluate_the_same_images(tmp_path, monkeypatch, capsys):
+    """For one params file with `pretrain_subset` set, the Python API, `jepa eval --config`
+    and the DVC stage mains (extract, baselines) extract and probe the same images: the
+    whole test split and `probe_subset` of the whole train split."""
+    import pipelines.baselines
+    import pipelines.extract
+    from jepa import cli
+    from jepa.evaluate import random_encoder
+    from jepa.export import export_encoder
+
+    cfg = tiny_config(tmp_path, pretrain_subset=16, probe_subset=40)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**cfg.to_dict(), "nproc": 1}))
+    encoder = export_encoder(random_encoder(cfg), tmp_path / "encoder")  # no pretraining needed
+
+    api = evaluate(JEPAConfig.from_yaml(params), encoder, tmp_path / "api")
+    argv = ["eval", "--config", str(params), "--read_checkpoint", str(encoder)]
+    assert cli.main([*argv, "--out", str(tmp_path / "cli")]) == 0
+    stage = {"--params": params, "--encoder": encoder, "--out": tmp_path / "stage"}
+    monkeypatch.setattr(sys, "argv", ["extract", *(str(w) for kv in stage.items() for w in kv)])
+    pipelines.extract.main()
+    paths = {"--pixels": tmp_path / "pixels.json", "--random": tmp_path / "random.json"}
+    words = ["--params", params, *(w for kv in paths.items() for w in kv), "--metrics", "m.json"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["baselines", *map(str, words)])
+    pipelines.baselines.main()
+
+    for split, rows in (("train", 40), ("test", 24)):
+        want_x, want_y = load_features(tmp_path / "api" / "features" / "pretrained", split)
+        assert len(want_y) == rows
+        for other in (tmp_path / "cli" / "features" / "pretrained", tmp_path / "stage"):
+            x, y = load_features(other, split)
+            np.testing.assert_array_equal(y, want_y)
+            np.testing.assert_array_equal(x, want_x)
+    for kind in ("pixels", "random"):
+        records = [
+            api[kind],
+            json.loads((tmp_path / "cli" / "probe" / f"{kind}.json").read_text()),
+            json.loads(paths[f"--{kind}"].read_text()),
+        ]
+        assert {(r["n_train"], r["n_test"], r["top1"], r["knn_top1"]) for r in records} == {
+            (40, 24, api[kind]["top1"], api[kind]["knn_top1"])
+        }

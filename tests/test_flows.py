@@ -203,11 +203,11 @@ def test_hydra_overrides_quote_what_the_grammar_needs():
     from flows.pipeline import hydra_overrides
 
     assert hydra_overrides(
-        {"lr": 2e-4, "subset": None, "compile": True, "crop_scale": [0.4, 1.0], "amp": "bf16",
+        {"lr": 2e-4, "pretrain_subset": None, "compile": True, "crop_scale": [0.4, 1.0], "amp": "bf16",
          "checkpoint_uri": "s3://bucket/run 1", "image_folder": "123"},
-        "fmnist_tiny",
+        "fmnist_cpu_default",
     ) == [
-        "experiment=fmnist_tiny", "lr=0.0002", "subset=null", "compile=true",
+        "experiment=fmnist_cpu_default", "lr=0.0002", "pretrain_subset=null", "compile=true",
         "crop_scale=[0.4,1.0]", "amp=bf16", "checkpoint_uri='s3://bucket/run 1'",
         "image_folder='123'",
     ]  # fmt: skip
@@ -218,10 +218,10 @@ def test_params_file_matches_dvc_hydra_composition_and_is_replaced_atomically(tm
 
     from flows.pipeline import compose_params_file, hydra_overrides
 
-    shutil.copytree(REPO_ROOT / "conf", tmp_path / "conf")
+    shutil.copytree(REPO_ROOT / "jepa" / "conf", tmp_path / "jepa" / "conf")
     overrides = hydra_overrides(
         {"lr": 2e-4, "checkpoint_uri": "s3://bucket/prefix", "crop_scale": [0.4, 1.0]},
-        "fmnist_tiny",
+        "fmnist_cpu_default",
     )
     params = compose_params_file(tmp_path, overrides)
     assert (params["lr"], params["checkpoint_uri"], params["crop_scale"]) == (
@@ -229,7 +229,9 @@ def test_params_file_matches_dvc_hydra_composition_and_is_replaced_atomically(tm
     )  # fmt: skip
     # What `dvc exp run -S ...` with Hydra enabled writes, byte for byte.
     expected = tmp_path / "dvc-params.yaml"
-    compose_and_dump(expected, str(tmp_path / "conf"), None, "config", str(tmp_path), overrides)
+    compose_and_dump(
+        expected, str(tmp_path / "jepa" / "conf"), None, "config", str(tmp_path), overrides
+    )
     assert (tmp_path / "params.yaml").read_bytes() == expected.read_bytes()
 
     before = (tmp_path / "params.yaml").read_bytes()
@@ -238,7 +240,7 @@ def test_params_file_matches_dvc_hydra_composition_and_is_replaced_atomically(tm
     with pytest.raises(Exception, match="depth"):  # composes, but JEPAConfig rejects it
         compose_params_file(tmp_path, ["depth=0"])
     assert (tmp_path / "params.yaml").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf", "dvc-params.yaml", "params.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc-params.yaml", "jepa", "params.yaml"]
 
 
 # ---- the flow, end to end on tiny data ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""conf/ composes into valid configs, and the committed params.yaml is its composition.
+"""jepa/conf/ composes into valid configs, and the committed params.yaml is its composition.
 
 Composition is done the way `dvc exp run` does it (Hydra's compose API under
 `initialize_config_dir(version_base=None)`, then `OmegaConf.to_yaml`), and once through
@@ -7,6 +7,7 @@ DVC's own `compose_and_dump`.
 
 from __future__ import annotations
 
+import configparser
 from pathlib import Path
 
 import pytest
@@ -15,38 +16,14 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from jepa.config import PRESETS, ConfigError, JEPAConfig
-from pipelines.common import PIPELINE_KEYS, load_params
+from jepa.config import CONF_DIR, PIPELINE_KEYS, ConfigError, JEPAConfig, load_params
+from pipelines.compose import REPO_CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR
 GROUPS = ("dataset", "model", "experiment", "debug")
 # Fields dvc.yaml sets from its paths; the Hydra config leaves them out.
 PATH_FIELDS = {"output_dir", "read_checkpoint"}
-# experiment name -> (preset name, keys the pipeline's experiment sets on purpose)
-EXPERIMENT_PRESETS = {
-    "fmnist_tiny": (
-        "fmnist-tiny",
-        {
-            "subset",
-            "epochs",
-            "probe_subset",
-            "probe_last_blocks",
-            "embed_dim",
-            "depth",
-            "num_heads",
-            "pred_embed_dim",
-            "pred_depth",
-            "pred_num_heads",
-            "ema",
-            "crop_scale",
-            "num_workers",
-            "batch_size",
-        },
-    ),
-    "seed_vitb16": ("seed-vitb16", set()),
-    "in1k_vith14_ep300": ("in1k-vith14-ep300", set()),
-}
 
 
 def compose_yaml(overrides: list[str] | tuple[str, ...] = ()) -> str:
@@ -74,8 +51,15 @@ def group_options() -> list[tuple[str, str]]:
 
 def test_committed_params_yaml_is_the_composition_of_conf() -> None:
     assert (REPO / "params.yaml").read_text() == compose_yaml(), (
-        "params.yaml is stale: run `python -m pipelines.compose` after editing conf/"
+        "params.yaml is stale: run `python -m pipelines.compose` after editing jepa/conf/"
     )
+
+
+def test_dvc_and_the_library_read_the_same_config_groups() -> None:
+    dvc_config = configparser.ConfigParser()
+    dvc_config.read(REPO / ".dvc" / "config")
+    assert Path(dvc_config["hydra"]["config_dir"]) == REPO_CONF_DIR
+    assert (REPO / REPO_CONF_DIR).resolve() == CONF_DIR
 
 
 def test_dvc_composes_the_same_bytes(tmp_path: Path) -> None:
@@ -100,7 +84,8 @@ def test_there_is_something_to_compose() -> None:
     options = dict.fromkeys(g for g, _ in group_options())
     assert set(options) == set(GROUPS)
     assert {o for g, o in group_options() if g == "model"} >= {
-        "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant", "fmnist_tiny"
+        "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant",
+        "vit_w128_d4", "vit_w192_d6",
     }  # fmt: skip
 
 
@@ -122,18 +107,24 @@ def test_base_values_are_the_library_defaults() -> None:
     assert base == expected
 
 
-def test_every_preset_has_an_experiment() -> None:
-    assert {preset for preset, _ in EXPERIMENT_PRESETS.values()} == set(PRESETS)
-    assert {p.stem for p in (CONF / "experiment").glob("*.yaml")} == set(EXPERIMENT_PRESETS)
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("experiment", sorted(EXPERIMENT_PRESETS))
-def test_experiments_match_the_library_presets(experiment: str, tmp_path: Path) -> None:
-    preset, deliberate = EXPERIMENT_PRESETS[experiment]
-    composed = validated(compose_params([f"experiment={experiment}"]), tmp_path).to_dict()
-    expected = JEPAConfig.preset(preset).to_dict()
-    differs = {k for k in expected if composed[k] != expected[k]} - PATH_FIELDS
-    assert differs == deliberate
+@pytest.mark.parametrize("experiment", experiments())
+def test_a_preset_is_its_experiments_composition(experiment: str, tmp_path: Path) -> None:
+    composed = validated(compose_params([f"experiment={experiment}"]), tmp_path)
+    assert JEPAConfig.preset(experiment) == composed
+    assert JEPAConfig.preset(experiment.replace("_", "-")) == composed
+
+
+def test_the_pipeline_default_is_the_preset_fmnist_cpu_default() -> None:
+    assert JEPAConfig.preset("fmnist_cpu_default") == JEPAConfig.from_yaml(REPO / "params.yaml")
+
+
+def test_renamed_groups_are_gone() -> None:
+    for old in ("model/fmnist_tiny", "model/fmnist_small", "experiment/fmnist_tiny"):
+        assert not (CONF / f"{old}.yaml").exists(), old
 
 
 def test_set_key_versus_pick_group(tmp_path: Path) -> None:

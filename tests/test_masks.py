@@ -349,7 +349,7 @@ def test_random_mask_collator() -> None:
 
 
 def test_build_collator_from_config() -> None:
-    cfg = JEPAConfig.preset("fmnist-tiny")
+    cfg = JEPAConfig.preset("fmnist_w192")
     collator = build_collator(cfg)
     assert isinstance(collator, MultiBlockMaskCollator)
     assert collator.grid == (7, 7) and collator.min_keep == 4 and collator.seed == cfg.seed

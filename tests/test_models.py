@@ -25,7 +25,7 @@ def tiny_cfg(**kw):
         pred_depth=2,
         pred_num_heads=3,
     )
-    return JEPAConfig.preset("fmnist-tiny").replace(**{**base, **kw})
+    return JEPAConfig.preset("fmnist_w192").replace(**{**base, **kw})
 
 
 def masks(batch, n_patches, sizes, seed=0):

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from project_files import copy_pipeline
 
-from jepa.config import JEPAConfig
+from jepa.config import CONF_DIR, JEPAConfig
 from jepa.live import LiveLogger
 from jepa.storage import StorageError, run_dvc
 
@@ -61,7 +61,9 @@ def test_stage_params_exist_and_every_stage_depends_on_the_library() -> None:
 
 def test_baselines_ignore_training_parameters() -> None:
     params = set(dvc_yaml()["stages"]["baselines"]["params"])
-    assert params.isdisjoint({"lr", "epochs", "batch_size", "subset", "weight_decay", "ema"})
+    assert params.isdisjoint(
+        {"lr", "epochs", "batch_size", "pretrain_subset", "weight_decay", "ema"}
+    )
     assert "pretrain/encoder" not in dvc_yaml()["stages"]["baselines"]["deps"]
 
 
@@ -158,7 +160,7 @@ def compose(repo: Path, overrides: list[str]) -> None:
 
 
 def make_repo(path: Path, overrides: list[str]) -> Path:
-    """A git + DVC repository holding this project's pipeline, params composed from conf/."""
+    """A git + DVC repository holding this project's pipeline, params composed from jepa/conf/."""
     path.mkdir(parents=True)
     git(path, "init", "-q", "-b", "main")
     copy_pipeline(path)
@@ -209,7 +211,7 @@ def pretrain_stage(work: Path, *, crash_at: int | None = None, tag: str = "") ->
 def write_params(work: Path, overrides: list[str]) -> None:
     from dvc.utils.hydra import compose_and_dump
 
-    compose_and_dump(work / "params.yaml", str(REPO / "conf"), None, "config", str(work), overrides)
+    compose_and_dump(work / "params.yaml", str(CONF_DIR), None, "config", str(work), overrides)
 
 
 def state_dirs(store: Path) -> list[Path]:
@@ -269,7 +271,7 @@ def test_pipeline_repro_experiment_plots_push_and_pull(
 ) -> None:
     endpoint_url, bucket = s3_bucket
     # Pretrain on 64 of the 128 images (2 epochs of 2 steps); evaluate on all of them.
-    overrides = [*TINY, "subset=64", f"root_path={tiny_fmnist}"]
+    overrides = [*TINY, "pretrain_subset=64", f"root_path={tiny_fmnist}"]
     repo = make_repo(tmp_path / "repo", overrides)
 
     # 1. The whole pipeline.
@@ -286,7 +288,17 @@ def test_pipeline_repro_experiment_plots_push_and_pull(
     git(repo, "commit", "-q", "-m", "first run")
     baselines_md5 = lock_md5(repo, "baselines", "eval/pixels.json")
 
-    # 2. An lr experiment: DVC recomposes params.yaml from conf/ with the -S overrides.
+    # Editing a config group's comment changes no stage: jepa/conf is .dvcignore'd, and
+    # the stages see only params.yaml (prepare always runs, by design).
+    experiment = repo / "jepa" / "conf" / "experiment" / "fmnist_cpu_default.yaml"
+    experiment.write_text(experiment.read_text() + "# an edited comment\n")
+    status = json.loads(dvc(repo, "status", "--json").stdout)
+    assert set(status) <= {"prepare"} and status.get("prepare", ["always changed"]) == [
+        "always changed"
+    ], status
+    git(repo, "checkout", "--", "jepa/conf")
+
+    # 2. An lr experiment: DVC recomposes params.yaml from jepa/conf/ with the -S overrides.
     sets = [arg for o in [*overrides, "lr=5e-3"] for arg in ("-S", o)]
     out = dvc(repo, "exp", "run", "--name", "lr5e-3", *sets).stdout
     assert yaml.safe_load((repo / "params.yaml").read_text())["lr"] == 5e-3

@@ -34,13 +34,13 @@ def read_labels(root: Path, split: str) -> np.ndarray:
 
 
 def fmnist_cfg(root: Path, **overrides) -> JEPAConfig:
-    return JEPAConfig.preset("fmnist-tiny", root_path=str(root), num_workers=0, **overrides)
+    return JEPAConfig.preset("fmnist_w192", root_path=str(root), num_workers=0, **overrides)
 
 
 def test_manifest_counts_classes_and_hashes_the_source_files(tmp_path: Path) -> None:
     root = write_tiny_fmnist(tmp_path / "fm")
     labels = {split: read_labels(root, split) for split in ("train", "test")}
-    manifest = build_manifest(fmnist_cfg(root, subset=20))
+    manifest = build_manifest(fmnist_cfg(root, pretrain_subset=20))
 
     assert manifest["dataset"] == "fashion_mnist"
     assert manifest["num_classes"] == 10
@@ -48,9 +48,10 @@ def test_manifest_counts_classes_and_hashes_the_source_files(tmp_path: Path) -> 
     assert (train["num_images"], test["num_images"]) == (128, 64)
     assert train["image_shape"] == [1, 28, 28]
     assert list(train["class_counts"].values()) == np.bincount(labels["train"]).tolist()
-    assert sum(train["subset"]["class_counts"].values()) == train["subset"]["num_images"] == 20
+    kept = train["pretrain_subset"]
+    assert sum(kept["class_counts"].values()) == kept["num_images"] == 20
     subset_counts = np.bincount(labels["train"][:20], minlength=10).tolist()
-    assert list(train["subset"]["class_counts"].values()) == subset_counts
+    assert list(kept["class_counts"].values()) == subset_counts
     for split in ("train", "test"):
         for name in IDX_NAMES[split]:
             data = (root / "raw" / name).read_bytes()

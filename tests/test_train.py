@@ -36,7 +36,7 @@ def tiny_cfg(data: Path, out: Path, **kw) -> JEPAConfig:
         pred_depth=1,
         pred_num_heads=2,
         batch_size=16,
-        subset=64,
+        pretrain_subset=64,
         epochs=2,
         warmup_epochs=1,
         num_workers=0,
@@ -47,7 +47,7 @@ def tiny_cfg(data: Path, out: Path, **kw) -> JEPAConfig:
         diagnostics_every=2,
         min_keep=2,
     )
-    return JEPAConfig.preset("fmnist-tiny").replace(**{**base, **kw})
+    return JEPAConfig.preset("fmnist_w192").replace(**{**base, **kw})
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
