@@ -230,6 +230,12 @@ class JEPAConfig:
         cfg = cls.from_dict(preset_values(name))
         return cfg.replace(**overrides) if overrides else cfg
 
+    @classmethod
+    def compose(cls, *overrides: str) -> JEPAConfig:
+        """The config groups composed with Hydra `overrides`, exactly as `dvc exp run -S ...`
+        composes params.yaml: `JEPAConfig.compose("debug=tiny", "lr=2e-4")`. Needs hydra-core."""
+        return cls.from_dict(_compose(tuple(overrides)))
+
     def replace(self, **overrides: Any) -> JEPAConfig:
         """A copy with some fields changed (a named `model` refills the encoder sizes)."""
         values = {**self.to_dict(), **overrides}
@@ -367,12 +373,13 @@ def preset_values(name: str) -> dict[str, Any]:
         raise ConfigError(f"preset {name!r} was renamed: use {RENAMED_PRESETS[key]}")
     if key not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
-    return dict(_compose_experiment(key))
+    return dict(_compose((f"experiment={key}",)))
 
 
 @functools.cache
-def _compose_experiment(name: str) -> dict[str, Any]:
-    """Hydra's composition of `CONF_DIR` with `experiment=<name>`, resolved and flat."""
+def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
+    """Hydra's composition of `CONF_DIR` with `overrides`, resolved and flat, without the
+    pipeline-only keys. Callers copy the result: it is cached."""
     try:
         from hydra import compose, initialize_config_dir
         from omegaconf import OmegaConf
@@ -385,7 +392,7 @@ def _compose_experiment(name: str) -> dict[str, Any]:
     # version_base=None, as `dvc exp run` composes: a preset is the params.yaml DVC writes
     # for that experiment. The context manager leaves no global Hydra state behind.
     with initialize_config_dir(str(CONF_DIR), version_base=None):
-        composed = compose(config_name="config", overrides=[f"experiment={name}"])
+        composed = compose(config_name="config", overrides=list(overrides))
     values = OmegaConf.to_container(composed, resolve=True)
     return {key: value for key, value in values.items() if key not in PIPELINE_KEYS}
 

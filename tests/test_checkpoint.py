@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_config
 from torch import nn
 
 from jepa import checkpoint as ckpt
@@ -26,15 +27,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 
 @pytest.fixture(scope="module")
 def cfg() -> JEPAConfig:
-    return JEPAConfig.preset("fmnist_w192").replace(
-        model="custom",
-        depth=2,
-        embed_dim=48,
-        num_heads=3,
-        pred_depth=1,
-        pred_embed_dim=24,
-        pred_num_heads=3,
-    )
+    return tiny_config(embed_dim=48, num_heads=3, pred_embed_dim=24, pred_num_heads=3)
 
 
 @pytest.fixture(scope="module")

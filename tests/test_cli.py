@@ -111,7 +111,7 @@ def test_torchwm_seed_command_maps_to_the_config(monkeypatch, capsys):
 
 
 def test_train_then_eval_for_real(tmp_path, capsys):
-    common = ["--preset", "fmnist_w192", *flags(tiny_fields(tmp_path))]
+    common = flags(tiny_fields(tmp_path))
     assert cli.main(["train", *common]) == 0
     summary = json.loads(capsys.readouterr().out)
     out = tmp_path / "out"
@@ -126,7 +126,7 @@ def test_train_then_eval_for_real(tmp_path, capsys):
 
 
 def test_extract_probe_report_commands(tmp_path, capsys):
-    common = ["--preset", "fmnist_w192", *flags(tiny_fields(tmp_path))]
+    common = flags(tiny_fields(tmp_path))
     feats, metrics_file = tmp_path / "pixels", tmp_path / "pixels.json"
     assert cli.main(["extract", *common, "--kind", "pixels", "--out", str(feats)]) == 0
     assert json.loads(capsys.readouterr().out)["features_shape"]["train"] == [48, 784]
@@ -174,7 +174,7 @@ def test_errors_are_one_line_in_process(tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err, "--epochs", "expected an integer")
     garbage = tmp_path / "model.pt"
     garbage.write_bytes(b"\x00 not a checkpoint")
-    common = ["--preset", "fmnist_w192", *flags(tiny_fields(tmp_path))]
+    common = flags(tiny_fields(tmp_path))
     assert cli.main(["eval", *common, "--read_checkpoint", str(garbage)]) == 1
     assert_one_line_error(capsys.readouterr().err, "jepa eval: error:", str(garbage))
     assert cli.main(["eval", *common, "--read_checkpoint", str(tmp_path / "gone.pt")]) == 1

@@ -56,19 +56,19 @@ def test_presets_are_the_experiments_and_old_names_say_the_new_ones():
 def test_composing_a_preset_leaves_no_global_hydra_state():
     from hydra.core.global_hydra import GlobalHydra
 
-    config._compose_experiment.cache_clear()
+    config._compose.cache_clear()
     JEPAConfig.preset("fmnist_w192")
     assert not GlobalHydra.instance().is_initialized()
 
 
 def test_without_hydra_presets_say_what_to_do(monkeypatch):
     monkeypatch.setitem(sys.modules, "hydra", None)  # `import hydra` fails, as if not installed
-    config._compose_experiment.cache_clear()
+    config._compose.cache_clear()
     try:
         with pytest.raises(ConfigError, match="install hydra-core.*flat YAML config"):
             JEPAConfig.preset("fmnist_w192")
     finally:
-        config._compose_experiment.cache_clear()
+        config._compose.cache_clear()
 
 
 def test_the_library_trains_from_a_flat_yaml_without_the_pipeline_packages(tmp_path, tiny_fmnist):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny import tiny_config
 
 from jepa.checkpoint import CheckpointError
 from jepa.config import JEPAConfig
@@ -30,22 +31,9 @@ from jepa.evaluate import (
 from jepa.features import load_features
 from jepa.report import collect_results, report_evaluations
 
-# A model small enough for a few CPU steps: 28x28 images, 4x4 patches, 2 blocks of width 48.
-TINY = dict(
-    model="custom",
-    embed_dim=48,
-    depth=2,
-    num_heads=3,
-    pred_embed_dim=24,
-    pred_depth=1,
-    pred_num_heads=3,
-    batch_size=16,
-    epochs=1,
-    num_workers=0,
-    progress=False,
-    eval_batch_size=64,
-    log_every=1,
-)
+# Beyond `debug=tiny` (tests/tiny.py): 2 blocks of width 48 on 4x4 patches, batch 16.
+TINY = dict(embed_dim=48, num_heads=3, pred_embed_dim=24, pred_num_heads=3, batch_size=16,
+            eval_batch_size=64)  # fmt: skip
 NUM_CLASSES = 4
 
 
@@ -73,17 +61,15 @@ def write_tiny_fmnist(root: Path, num_train: int = 48, num_test: int = 24) -> Pa
 
 
 def tiny_fields(tmp: Path, **overrides) -> dict:
-    """Fields over the `fmnist_w192` preset: `TINY`, data under `tmp/data` (written if
-    missing), outputs in `tmp/out`."""
+    """The fields of the tiny config (`tiny_config` + `TINY`, data under `tmp/data`, written
+    if missing, outputs in `tmp/out`) that differ from `JEPAConfig()`'s defaults: what a
+    user would pass to `create_model` or the CLI to get it."""
     root = tmp / "data"
     if not (root / "raw").is_dir():
         write_tiny_fmnist(root)
-    return {**TINY, "root_path": str(root), "output_dir": str(tmp / "out"), **overrides}
-
-
-def tiny_config(tmp: Path, **overrides) -> JEPAConfig:
-    """`JEPAConfig.preset("fmnist_w192", **tiny_fields(tmp, **overrides))`."""
-    return JEPAConfig.preset("fmnist_w192", **tiny_fields(tmp, **overrides))
+    values = tiny_config(**TINY, root_path=str(root), output_dir=str(tmp / "out"), **overrides)
+    defaults = JEPAConfig().to_dict()
+    return {k: v for k, v in values.to_dict().items() if v != defaults[k]}
 
 
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[JEPAConfig, Path]:
@@ -93,7 +79,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[JEPAConfig, P
 
     base = tmp_path_factory.getbasetemp() / "shared-run"
     base.mkdir(exist_ok=True)
-    agent = torchwm.create_model("jepa", preset="fmnist_w192", **tiny_fields(base))
+    agent = torchwm.create_model("jepa", **tiny_fields(base))
     if not (base / "out" / "summary.json").is_file():
         agent.train()
     return agent.cfg, Path(agent.cfg.output_dir)
@@ -239,7 +225,7 @@ def test_api_cli_and_dvc_stages_evaluate_the_same_images(tmp_path, monkeypatch, 
     from jepa.evaluate import random_encoder
     from jepa.export import export_encoder
 
-    cfg = tiny_config(tmp_path, pretrain_subset=16, probe_subset=40)
+    cfg = JEPAConfig.from_dict(tiny_fields(tmp_path, pretrain_subset=16, probe_subset=40))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({**cfg.to_dict(), "nproc": 1}))
     encoder = export_encoder(random_encoder(cfg), tmp_path / "encoder")  # no pretraining needed

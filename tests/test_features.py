@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_config
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from jepa.config import JEPAConfig
@@ -169,21 +170,11 @@ def test_write_meta_is_json(tmp_path: Path) -> None:
     assert meta == {"n": 3, "splits": {"train": {"features_shape": [3, 4]}}}
 
 
-def tiny_config(**overrides) -> JEPAConfig:
-    values = dict(
-        model="custom",
-        image_size=IMAGE_SIZE,
-        patch_size=4,
-        in_chans=CHANNELS,
-        embed_dim=16,
-        depth=2,
-        num_heads=2,
-        device="cpu",
-        progress=False,
-        num_workers=0,
-        eval_batch_size=4,
-    )
-    return JEPAConfig.from_dict({**values, **overrides})
+def features_config(**overrides) -> JEPAConfig:
+    """`debug=tiny` on this module's stub images: 16 wide, 4 px patches, batches of 4."""
+    values = dict(image_size=IMAGE_SIZE, in_chans=CHANNELS, embed_dim=16, device="cpu",
+                  eval_batch_size=4)  # fmt: skip
+    return tiny_config(**{**values, **overrides})
 
 
 def test_extract_dataset_features_with_stub_data(
@@ -200,7 +191,7 @@ def test_extract_dataset_features_with_stub_data(
         build_eval_loader=lambda cfg, dataset, batch_size=None: loader_of(dataset),
     )
     monkeypatch.setitem(sys.modules, "jepa.data", fake)
-    cfg = tiny_config(probe_subset=5)
+    cfg = features_config(probe_subset=5)
     meta = extract_dataset_features(cfg, encoder, tmp_path, meta={"checkpoint_hash": "abc"})
     assert calls == [("train", False), ("test", False)]
     assert meta["splits"]["train"]["features_shape"] == [5, 16]
@@ -228,7 +219,7 @@ def test_extract_dataset_features_image_folder(encoder: VisionTransformer, tmp_p
                 pixels = rng.integers(0, 255, size=(12, 12), dtype=np.uint8)
                 Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
     (tmp_path / "images" / "val" / "b" / "broken.png").write_bytes(b"not a png")
-    cfg = tiny_config(dataset="imagefolder", root_path=str(tmp_path / "images"))
+    cfg = features_config(dataset="imagefolder", root_path=str(tmp_path / "images"))
     with pytest.warns(UserWarning):
         meta = extract_dataset_features(cfg, encoder, tmp_path / "features")
     assert meta["splits"]["train"]["features_shape"] == [8, 16]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from tiny import tiny_config
 
 from jepa.config import MODEL_SIZES, JEPAConfig
 from jepa.models import (
@@ -16,16 +17,9 @@ from jepa.models import (
 
 
 def tiny_cfg(**kw):
-    base = dict(
-        model="custom",
-        embed_dim=48,
-        depth=2,
-        num_heads=3,
-        pred_embed_dim=24,
-        pred_depth=2,
-        pred_num_heads=3,
-    )
-    return JEPAConfig.preset("fmnist_w192").replace(**{**base, **kw})
+    """`debug=tiny` with a 48-wide encoder and a 2-deep predictor."""
+    base = dict(embed_dim=48, num_heads=3, pred_embed_dim=24, pred_depth=2, pred_num_heads=3)
+    return tiny_config(**{**base, **kw})
 
 
 def masks(batch, n_patches, sizes, seed=0):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_config
 
 from jepa import checkpoint as ckpt
 from jepa import export
@@ -24,30 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_cfg(data: Path, out: Path, **kw) -> JEPAConfig:
+    """8 steps: 64 images of 28 px in 4x4 patches of 7 px, batch 16, 2 epochs."""
     base = dict(
-        root_path=str(data),
-        image_size=28,
-        patch_size=7,
-        model="custom",
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        pred_embed_dim=16,
-        pred_depth=1,
-        pred_num_heads=2,
-        batch_size=16,
-        pretrain_subset=64,
-        epochs=2,
-        warmup_epochs=1,
-        num_workers=0,
-        progress=False,
-        output_dir=str(out),
-        checkpoint_every=1,
-        log_every=1,
-        diagnostics_every=2,
-        min_keep=2,
-    )
-    return JEPAConfig.preset("fmnist_w192").replace(**{**base, **kw})
+        root_path=str(data), output_dir=str(out), patch_size=7, embed_dim=32, pred_embed_dim=16,
+        batch_size=16, pretrain_subset=64, epochs=2, warmup_epochs=1, checkpoint_every=1,
+    )  # fmt: skip
+    return tiny_config(**{**base, **kw})
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
