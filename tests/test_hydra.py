@@ -55,6 +55,23 @@ def test_committed_params_yaml_is_the_composition_of_conf() -> None:
     )
 
 
+# bench/gpu_check.py reads these flat files where Hydra is not installed.
+BENCH_CONFIGS = {
+    "vitb16_224.yaml": ["experiment=seed_vitb16"],
+    "vits16_224.yaml": ["experiment=seed_vitb16", "model=vit_small"],
+    "fmnist_e2e.yaml": ["epochs=3"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BENCH_CONFIGS))
+def test_bench_configs_are_compositions_of_conf(name: str) -> None:
+    overrides = BENCH_CONFIGS[name]
+    assert (REPO / "bench" / "configs" / name).read_text() == compose_yaml(overrides), (
+        f"bench/configs/{name} is stale: python -m pipelines.compose {' '.join(overrides)} "
+        f"--out bench/configs/{name}"
+    )
+
+
 def test_dvc_and_the_library_read_the_same_config_groups() -> None:
     dvc_config = configparser.ConfigParser()
     dvc_config.read(REPO / ".dvc" / "config")
