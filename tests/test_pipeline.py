@@ -262,6 +262,32 @@ def test_pretrain_stage_resumes_its_own_run_and_never_another(
     assert fresh["config_hash"] == resumed["config_hash"]
 
 
+@pytest.mark.slow
+def test_an_interrupted_dvc_exp_run_resumes_when_run_again(
+    tmp_path: Path, tiny_fmnist: Path
+) -> None:
+    """`dvc exp run` restores the workspace's outputs from the last commit before it runs; the
+    checkpoint lives in the run store, so the rerun resumes instead of starting at step 0."""
+    store = tmp_path / "runs"
+    overrides = [*TINY, f"root_path={tiny_fmnist}", f"run_store={store}"]
+    repo = make_repo(tmp_path / "repo", overrides)
+    dvc(repo, "repro", "pretrain")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "first run")
+    command = ["exp", "run", "pretrain", *(a for o in [*overrides, "lr=5e-3"] for a in ("-S", o))]
+    crash = {**tool_env(), "JEPA_CRASH_AT_STEP": "6", "JEPA_CRASH_ONCE_FILE": str(tmp_path / "x")}
+    with pytest.raises(StorageError):  # killed after step 6; the last checkpoint is step 4
+        run_dvc(command, cwd=repo, env=crash, timeout=DVC_TIMEOUT_S)
+    (state,) = state_dirs(store)
+    assert (state / "latest.pt").is_file()
+    rerun = run_dvc(command, cwd=repo, env=crash, timeout=DVC_TIMEOUT_S)  # the same command
+    log = rerun.stdout + rerun.stderr
+    assert "resuming: checkpoint" in log and "at step 4" in log, log[-3000:]
+    rows = [json.loads(line) for line in (repo / "pretrain" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert state_dirs(store) == []
+
+
 # ---- end to end --------------------------------------------------------------------------------
 
 
