@@ -151,6 +151,21 @@ def uses_bf16(amp: str, device: torch.device) -> bool:
         return torch.is_autocast_enabled(device.type)
 
 
+def time_in_rounds(variants: dict[str, JEPAConfig], device: torch.device, args) -> dict:
+    """Each variant timed `args.rounds` times, in turn (A B A B ...), so a machine that
+    speeds up or slows down during the run favours none; the median round is kept."""
+    rounds: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, cfg in variants.items():
+            style = official_style() if name == "baseline" else contextlib.nullcontext()
+            with style:
+                rounds[name].append(run_variant(cfg, device, args.steps, args.warmup))
+    return {
+        name: sorted(runs, key=lambda r: r["model_ms"])[len(runs) // 2]
+        for name, runs in rounds.items()
+    }
+
+
 def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
     """(peak TFLOP/s, where it comes from): the vendor's bf16 figure on known GPUs, else
     the measured matmul rate."""
@@ -174,6 +189,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated, e.g. 64,256")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
@@ -219,12 +235,9 @@ def main() -> None:
         variants = {"jepa": cfg}
         if args.compile:
             variants["jepa compiled"] = cfg.replace(compile=True)
-        results = {
-            name: run_variant(c, device, args.steps, args.warmup) for name, c in variants.items()
-        }
         if not args.no_baseline:
-            with official_style():
-                results["baseline"] = run_variant(cfg, device, args.steps, args.warmup)
+            variants["baseline"] = cfg
+        results = time_in_rounds(variants, device, args)
         base = results.get("baseline")
         for name, r in results.items():
             seconds = (r["collate_ms"] + r["model_ms"]) / 1e3
