@@ -1,4 +1,4 @@
-"""Command line: `jepa train|eval|extract|probe|report` and the seed's `torchwm train jepa`.
+"""Command line: `jepa train|eval|extract|probe|report|compare` and the seed's `torchwm train jepa`.
 
     jepa train --dataset imagenet1k --root_path /data/imagenet --epochs 100 --batch_size 64
     jepa train --preset fmnist_w192 --epochs 1
@@ -6,6 +6,7 @@
     jepa extract --kind pixels --out feats/pixels --preset fmnist_w192
     jepa probe --features feats/pixels --out feats/pixels.json --preset fmnist_w192
     jepa report output/eval other_run/eval --out results/
+    jepa compare --repo . --out results/        # across `dvc exp show`'s experiments
     torchwm train jepa --dataset imagenet1k --epochs 100 --batch_size 64
 
 Every `JEPAConfig` field is a flag generated from the dataclass (`--batch_size` or
@@ -245,6 +246,15 @@ def cmd_report(args: argparse.Namespace, cfg: JEPAConfig | None) -> None:
     print(json.dumps(paths, indent=2))
 
 
+def cmd_compare(args: argparse.Namespace, cfg: JEPAConfig | None) -> None:
+    """Write one table across the experiments `dvc exp show` lists."""
+    from jepa.compare import compare
+
+    paths = compare(args.repo, args.out)
+    print(paths["markdown"].read_text())
+    print(json.dumps({name: str(path) for name, path in paths.items()}, indent=2))
+
+
 # ---- parser ----------------------------------------------------------------------------------
 
 
@@ -273,6 +283,7 @@ COMMAND_SPECS = {
                 "[--kind {pretrained,random,pixels}] --out DIR"),
     "probe": ("linear probe + k-NN on saved features", True, "--features DIR [--out FILE]"),
     "report": ("results table (md, csv, png) over evaluations", False, ""),
+    "compare": ("one table (md, csv, png) across the DVC experiments of a repo", False, ""),
 }  # fmt: skip
 
 
@@ -296,6 +307,9 @@ def _add_command_flags(commands: dict[str, Parser]) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="folder for results.*")
     p.add_argument("--references", action=argparse.BooleanOptionalAction, default=True,
                    help="add published numbers for the datasets evaluated")  # fmt: skip
+    p = commands["compare"]
+    p.add_argument("--repo", metavar="DIR", default=".", help="the DVC repository")
+    p.add_argument("--out", metavar="DIR", default="results", help="folder for experiments.*")
 
 
 def build_parser(prog: str = "jepa", model_positional: bool = False) -> Parser:
@@ -329,6 +343,7 @@ HANDLERS = {
     "extract": cmd_extract,
     "probe": cmd_probe,
     "report": cmd_report,
+    "compare": cmd_compare,
 }
 
 
@@ -342,6 +357,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     for module, name in (
         ("jepa.checkpoint", "CheckpointError"),
         ("jepa.train", "NonFiniteLossError"),
+        ("jepa.storage", "StorageError"),
     ):
         if module in sys.modules:
             known.append(getattr(sys.modules[module], name))
@@ -359,7 +375,7 @@ def run(argv: Sequence[str], prog: str, model_positional: bool = False) -> int:
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        cfg = build_config(args) if args.command != "report" else None
+        cfg = build_config(args) if COMMAND_SPECS[args.command][1] else None
         HANDLERS[args.command](args, cfg)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

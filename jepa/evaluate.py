@@ -252,9 +252,14 @@ def evaluate(
 # ---- results ---------------------------------------------------------------------------------
 
 
+# The top-line numbers; the bookkeeping (n_train, n_test, feature_dim, val_top1, the
+# protocol) stays in each encoder's full probe record.
+HEADLINE_KEYS = ("top1", "top5", "knn_top1")
+
+
 def headline(results: dict[str, dict]) -> dict[str, dict]:
-    """Top-line numbers per encoder kind (for `metrics.json` / `dvc metrics show`)."""
-    keys = ("top1", "top5", "knn_top1", "val_top1", "n_train", "n_test", "feature_dim")
+    """Top-line numbers per encoder kind (for `evaluate`'s `metrics.json`)."""
+    keys = HEADLINE_KEYS
     return {
         kind: {k: metrics.get(k) for k in keys if k in metrics}
         for kind, metrics in results.items()

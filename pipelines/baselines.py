@@ -17,9 +17,10 @@ import logging
 import tempfile
 from pathlib import Path
 
+from jepa.compare import probe_metrics
 from jepa.config import load_params
 from jepa.data import DatasetNotFoundError
-from jepa.evaluate import extract, headline, probe
+from jepa.evaluate import extract, probe
 from jepa.io import write_json
 from pipelines.common import run_main
 
@@ -42,7 +43,7 @@ def main() -> None:
             results[kind] = probe(cfg, Path(tmp), getattr(args, kind))
         log.info("%s: linear top-1 %.4f, k-NN top-1 %.4f", kind, results[kind]["top1"],
                  results[kind]["knn_top1"])  # fmt: skip
-    write_json(args.metrics, headline(results))
+    write_json(args.metrics, {kind: probe_metrics(m) for kind, m in results.items()})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Stage `pretrain`: I-JEPA pretraining (`jepa.train.pretrain`), under torchrun.
 
     torchrun --standalone --nproc_per_node N -m pipelines.pretrain --params params.yaml \
-        --manifest data/manifest.json --out pretrain --live pretrain/dvclive
+        --manifest data/manifest.json --out pretrain --live pretrain/dvclive \
+        --metrics metrics/train.json
 
-Writes under `--out` what `pretrain` writes (`encoder/`, `metrics.jsonl`, `summary.json`)
-and dvclive plots under `--live`.
+Writes under `--out` what `pretrain` writes (`encoder/`, `metrics.jsonl`, `summary.json`),
+dvclive plots under `--live`, and to `--metrics` the summary's numbers that `dvc exp show`
+lists (`jepa.compare.training_metrics`).
 
 In-progress state (the checkpoint) lives in the run store (`run_store`, default the user
 cache), in a directory keyed by the training config's hash and the data manifest's SHA-256
@@ -23,8 +25,10 @@ import os
 import shutil
 from pathlib import Path
 
+from jepa.compare import training_metrics
 from jepa.config import load_params
 from jepa.data import DatasetNotFoundError
+from jepa.io import write_json
 from jepa.live import LiveLogger
 from jepa.prepare import sha256_file
 from jepa.runs import run_store_dir
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, required=True, help="from the prepare stage")
     parser.add_argument("--out", type=Path, required=True, help="training output_dir")
     parser.add_argument("--live", type=Path, required=True, help="dvclive directory")
+    parser.add_argument("--metrics", type=Path, required=True, help="what dvc exp show lists")
     args = parser.parse_args()
     cfg, _ = load_params(args.params)
     cfg = cfg.replace(output_dir=str(args.out))
@@ -47,6 +52,7 @@ def main() -> None:
     with LiveLogger(args.live) as live:
         summary = pretrain(cfg, loggers=[live], state_dir=state_dir)
     if os.environ.get("RANK", "0") == "0":
+        write_json(args.metrics, training_metrics(summary))
         if summary["steps"] >= summary["total_steps"]:
             shutil.rmtree(state_dir, ignore_errors=True)
         log.info("pretrained %d steps in %.0fs", summary["steps"], summary["wall_time_s"])

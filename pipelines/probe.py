@@ -4,7 +4,7 @@
         --out eval/pretrained.json --metrics metrics/probe.json
 
 `--out` gets the full record (protocol, per-class accuracy, extraction metadata);
-`--metrics` the headline numbers that `dvc exp show` lists.
+`--metrics` the numbers that `dvc exp show` lists (`jepa.compare.probe_metrics`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from jepa.compare import probe_metrics
 from jepa.config import load_params
-from jepa.evaluate import headline, probe
+from jepa.evaluate import probe
 from jepa.io import write_json
 from pipelines.common import run_main
 
@@ -30,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg, _ = load_params(args.params)
     metrics = probe(cfg, args.features, args.out)
-    write_json(args.metrics, headline({"pretrained": metrics}))
+    write_json(args.metrics, probe_metrics(metrics))
     log.info("linear top-1 %.4f, k-NN top-1 %.4f", metrics["top1"], metrics["knn_top1"])
 
 

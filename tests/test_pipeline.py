@@ -19,6 +19,7 @@ import pytest
 import yaml
 from project_files import copy_pipeline
 
+from jepa.compare import PROBE_KEYS, TRAINING_KEYS
 from jepa.config import CONF_DIR, JEPAConfig
 from jepa.live import LiveLogger
 from jepa.storage import StorageError, run_dvc
@@ -199,7 +200,8 @@ def pretrain_stage(work: Path, *, crash_at: int | None = None, tag: str = "") ->
         )
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.pretrain", "--params", "params.yaml",
-         "--manifest", "manifest.json", "--out", "pretrain", "--live", "pretrain/dvclive"],
+         "--manifest", "manifest.json", "--out", "pretrain", "--live", "pretrain/dvclive",
+         "--metrics", "metrics.json"],
         cwd=work, env=env, capture_output=True, text=True, timeout=DVC_TIMEOUT_S,
     )  # fmt: skip
     crashed = crash_at is not None and proc.returncode == 17
@@ -288,6 +290,58 @@ def test_an_interrupted_dvc_exp_run_resumes_when_run_again(
     assert state_dirs(store) == []
 
 
+def wait_for_queue(repo: Path, timeout_s: float = DVC_TIMEOUT_S) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; return the last status."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = dvc(repo, "queue", "status").stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+
+
+@pytest.mark.slow
+def test_experiments_compare_in_one_table_and_a_readable_exp_show(tmp_path: Path) -> None:
+    from fmnist_data import write_tiny_fmnist
+
+    # 1000 test images: accuracies of two lr values are unlikely to tie at 1/64 steps.
+    data = write_tiny_fmnist(tmp_path / "data", num_train=128, num_test=1000)
+    overrides = [*TINY, f"root_path={data}", f"run_store={tmp_path / 'runs'}"]
+    repo = make_repo(tmp_path / "repo", overrides)
+    dvc(repo, "repro")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "baseline run")
+    sets = [a for o in overrides for a in ("-S", o)]
+    dvc(repo, "exp", "run", "--name", "lr5e-3", *sets, "-S", "lr=5e-3")
+    dvc(repo, "exp", "run", "--queue", "--name", "lr2e-3", *sets, "-S", "lr=2e-3")
+    dvc(repo, "queue", "start")
+    assert "Success" in wait_for_queue(repo)
+
+    env = {**tool_env(), "COLUMNS": "120"}
+    shown = run_dvc(["exp", "show", "--no-pager", "--only-changed"], cwd=repo, env=env).stdout
+    # The columns people compare come whole before any elided ones (the changed dependency
+    # hashes DVC lists last): the metrics, then the parameters that differ.
+    header = next(line for line in shown.splitlines() if "Experiment" in line)
+    visible = header.split("…")[0].split()
+    assert {"top1", "knn_top1", "lr", "final_loss", "wall_s"} <= set(visible), shown
+
+    done = subprocess.run(
+        [sys.executable, "-m", "jepa.cli", "compare", "--repo", str(repo), "--out", "results"],
+        cwd=repo, env=tool_env(), capture_output=True, text=True, timeout=DVC_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with open(repo / "results" / "experiments.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(float(r["lr"]) for r in rows) == [1e-3, 2e-3, 5e-3]
+    assert len({r["final_loss"] for r in rows}) == 3 and len({r["probe_top1"] for r in rows}) >= 2
+    table = (repo / "results" / "experiments.md").read_text()
+    assert "lr2e-3" in table and "raw pixels" in table
+    assert (repo / "results" / "experiments.png").stat().st_size > 10_000
+
+
 # ---- end to end --------------------------------------------------------------------------------
 
 
@@ -332,11 +386,13 @@ def test_pipeline_repro_experiment_plots_push_and_pull(
     assert lock_md5(repo, "baselines", "eval/pixels.json") == baselines_md5
     shown = dict(exp_revs(json.loads(dvc(repo, "exp", "show", "--json").stdout)))
     first, second = shown["main"], shown["lr5e-3"]
-    summaries = [d["metrics"]["pretrain/summary.json"]["data"] for d in (first, second)]
+    summaries = [d["metrics"]["metrics/train.json"]["data"] for d in (first, second)]
     assert summaries[0]["final_loss"] != summaries[1]["final_loss"]
-    assert summaries[0]["config_hash"] != summaries[1]["config_hash"]
     for data in (first, second):
-        assert 0 <= data["metrics"]["metrics/probe.json"]["data"]["pretrained"]["top1"] <= 1
+        # Lean metrics: what a reader compares; bookkeeping stays in the outputs.
+        assert set(data["metrics"]["metrics/train.json"]["data"]) == set(TRAINING_KEYS)
+        assert set(data["metrics"]["metrics/probe.json"]["data"]) == set(PROBE_KEYS)
+        assert 0 <= data["metrics"]["metrics/probe.json"]["data"]["top1"] <= 1
         assert "knn_top1" in data["metrics"]["metrics/baselines.json"]["data"]["pixels"]
     lrs = [d["params"]["params.yaml"]["data"]["lr"] for d in (first, second)]
     assert lrs == [pytest.approx(1e-3), pytest.approx(5e-3)]
