@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -254,6 +255,62 @@ def jepa_pipeline(
         "results_table": str(Path(repo) / RESULTS_TABLE) if "report" in runs else None,
         "pushed_to": pushed,
     }
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def experiment_name(overrides: Mapping[str, Any], index: int) -> str:
+    """A DVC experiment name for one override set, e.g. `sweep-1-lr-0.0002` (git-ref safe)."""
+    words = "-".join(f"{k}-{format_hydra_value(v)}" for k, v in sorted(overrides.items()))
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"sweep-{index}-{words}").strip("-.")[:100]
+
+
+@task(name="save-experiment", cache_policy=NO_CACHE, timeout_seconds=600)
+def save_experiment(repo_dir: str, name: str) -> str:
+    """`dvc exp save --name NAME`: the workspace's params, lock, metrics and outputs as an
+    experiment. Files git does not track yet (a fresh repository's params.yaml, dvc.lock,
+    metrics/) go in too; DVC's outputs are git-ignored, and cached."""
+    from jepa.storage import run_dvc
+
+    untracked = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard"],
+        cwd=repo_dir, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    include = [arg for path in untracked for arg in ("--include-untracked", path)]
+    run_dvc(["exp", "save", "--force", "--name", name, *include], cwd=Path(repo_dir))
+    return name
+
+
+@task(name="compare", cache_policy=NO_CACHE, timeout_seconds=600)
+def compare_task(repo_dir: str) -> str:
+    """`jepa compare`: one table across the repository's experiments."""
+    from jepa.compare import compare
+
+    return str(compare(repo_dir, Path(repo_dir) / "results")["markdown"])
+
+
+@flow(name="jepa-sweep")
+def jepa_sweep(
+    override_sets: list[dict[str, Any]],
+    experiment: str = DEFAULT_EXPERIMENT,
+    repo_dir: str = ".",
+    checkpoint_uri: str | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline once per override set, one after another (each through
+    `jepa_pipeline`'s per-stage tasks, so retries and resume stay where they are), record
+    each as a DVC experiment (`dvc exp save`), and end with the comparison table
+    (`results/experiments.md`). Returns the experiment names and the table's path."""
+    if not override_sets:
+        raise ValueError("override_sets is empty; give at least one dict of Hydra overrides")
+    repo = str(Path(repo_dir).resolve())
+    names = []
+    for index, overrides in enumerate(override_sets, 1):
+        jepa_pipeline(
+            overrides=overrides, experiment=experiment, repo_dir=repo, checkpoint_uri=checkpoint_uri
+        )
+        names.append(save_experiment(repo, experiment_name(overrides, index)))
+    return {"experiments": names, "table": compare_task(repo)}
 
 
 def stages_until(until: str | None) -> tuple[str, ...]:

@@ -398,3 +398,28 @@ def test_pretrain_retry_resumes_from_checkpoint(prefect_api, tmp_path, monkeypat
     ]
     steps = [row["step"] for row in metrics if "loss" in row]  # log_every=1: one row per step
     assert steps == list(range(1, 5))  # 128 images / batch 32, no gap, no repeat
+
+
+@pytest.mark.slow
+def test_sweep_records_each_override_set_as_an_experiment_and_compares(prefect_api, tmp_path):
+    import csv
+
+    from flows.pipeline import experiment_name, jepa_sweep
+    from jepa.storage import run_dvc
+
+    assert (
+        experiment_name({"lr": 2e-4, "model": "vit_small"}, 1)
+        == "sweep-1-lr-0.0002-model-vit_small"
+    )
+    repo, data = make_repo(tmp_path)
+    sets = [tiny_overrides(data, lr=1e-3), tiny_overrides(data, lr=4e-3)]
+    out = jepa_sweep(override_sets=sets, repo_dir=str(repo))
+    assert len(out["experiments"]) == 2
+    shown = run_dvc(["exp", "show", "--json"], cwd=repo).stdout
+    for name in out["experiments"]:
+        assert name in shown
+    with open(repo / "results" / "experiments.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(float(row["lr"]) for row in rows) == [1e-3, 4e-3]
+    assert rows[0]["final_loss"] != rows[1]["final_loss"]
+    assert Path(out["table"]) == repo / "results" / "experiments.md"

@@ -342,6 +342,34 @@ def test_experiments_compare_in_one_table_and_a_readable_exp_show(tmp_path: Path
     assert (repo / "results" / "experiments.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_rerunning_an_experiment_from_its_commit_reproduces_its_row(
+    tmp_path: Path, tiny_fmnist: Path
+) -> None:
+    import hashlib
+
+    overrides = [*TINY, f"root_path={tiny_fmnist}", f"run_store={tmp_path / 'runs'}"]
+    repo = make_repo(tmp_path / "repo", overrides)
+    sets = [a for o in overrides for a in ("-S", o)]
+
+    def row() -> dict:
+        train = json.loads((repo / "metrics" / "train.json").read_text())
+        weights = (repo / "pretrain" / "encoder" / "encoder.safetensors").read_bytes()
+        return {
+            "probe": json.loads((repo / "metrics" / "probe.json").read_text()),
+            "train": {k: v for k, v in train.items() if k not in ("img_s", "wall_s")},  # timing
+            "encoder_sha256": hashlib.sha256(weights).hexdigest(),
+        }
+
+    dvc(repo, "exp", "run", "--name", "first", *sets, "-S", "lr=5e-3")
+    first = row()
+    dvc(repo, "exp", "run", "--name", "other", *sets, "-S", "lr=2e-3")
+    assert row() != first
+    dvc(repo, "exp", "apply", "first")
+    dvc(repo, "repro", "--force")  # every stage again, from scratch
+    assert row() == first
+
+
 # ---- end to end --------------------------------------------------------------------------------
 
 
