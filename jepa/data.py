@@ -263,14 +263,13 @@ class ImageFolderDataset(Dataset):
         *,
         mode: str = "RGB",
         corrupt_images: str = "skip",
-        limit: int | None = None,
     ) -> None:
         if corrupt_images not in ("skip", "raise"):
             raise ValueError(f"corrupt_images={corrupt_images!r} is not 'skip' or 'raise'")
         self.root = Path(root)
         self.classes, self.class_to_idx = find_classes(self.root)
-        # make_dataset sorts by class then file name, so `limit` keeps a fixed set.
-        self.samples = make_dataset(self.root, self.class_to_idx, extensions=IMG_EXTENSIONS)[:limit]
+        # make_dataset sorts by class then file name: a fixed order, so indices are stable.
+        self.samples = make_dataset(self.root, self.class_to_idx, extensions=IMG_EXTENSIONS)
         self.targets = [label for _, label in self.samples]
         self.transform, self.mode, self.corrupt_images = transform, mode, corrupt_images
         self._skips = SharedCounter()
