@@ -357,6 +357,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     for module, name in (
         ("jepa.checkpoint", "CheckpointError"),
         ("jepa.train", "NonFiniteLossError"),
+        ("jepa.runs", "RunLockedError"),
         ("jepa.storage", "StorageError"),
     ):
         if module in sys.modules:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -30,12 +31,32 @@ class DistEnv:
         return self.world_size > 1
 
 
+def die_with_launcher() -> None:
+    """Under torchrun, make this worker die when its launcher does (Linux: a parent-death
+    signal). torchrun starts each worker in a session of its own, so killing the launcher's
+    process group (a cancelled job, `kill -9 -<pgid>`) would otherwise leave the worker
+    training on, writing into a run directory that a rerun is about to use."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    launcher = os.getppid()
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != launcher:  # the launcher died before the signal was armed
+        os._exit(1)
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:
     """Join the process group that torchrun describes through its environment.
 
     Without torchrun's variables this is a plain single process. NCCL serves GPUs,
     gloo the CPU. Idempotent: a second call returns the same description.
     """
+    die_with_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

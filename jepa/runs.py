@@ -149,3 +149,48 @@ def _decide(files: RunFiles, resume: bool, config_hash: str, mirror) -> ResumeDe
         return ResumeDecision(None, why)
     mirror.pull(path)
     return ResumeDecision(path, f"{mirror.uri} at step {latest['step']}")
+
+
+# ---- one trainer per state directory ------------------------------------------------------
+
+
+class RunLockedError(RuntimeError):
+    """Another process is training in the same state directory."""
+
+
+class RunLock:
+    """An exclusive lock on a state directory (`<dir>/.lock`, holding the owner's pid), held
+    while a run trains there; a second trainer fails at once instead of writing into the
+    same checkpoint. The kernel drops the lock when its holder dies, however it dies."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / ".lock"
+        self._file = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115  (held until __exit__)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunLockedError(
+                f"{self.path.parent} is in use by another training process (pid {holder}); "
+                f"wait for it to finish or stop it (kill {holder}), or train in another "
+                f"output_dir / run_store"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
+            self._file = None

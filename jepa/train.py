@@ -15,6 +15,7 @@ already trained on. Whether to resume is `jepa.runs.decide_resume`'s call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -46,7 +47,7 @@ from jepa.export import export_encoder
 from jepa.io import write_json
 from jepa.masks import MaskedBatch, build_collator
 from jepa.models import IJEPA
-from jepa.runs import RunFiles, decide_resume
+from jepa.runs import RunFiles, RunLock, decide_resume
 
 log = logging.getLogger("jepa.train")
 
@@ -357,16 +358,18 @@ def pretrain(
     `state_dir` (default `<output_dir>/checkpoints`).
     """
     env = init_distributed(cfg.device)
+    lock = RunLock(RunFiles(Path(cfg.output_dir), state_dir).checkpoint.parent)
     try:
-        run = start_run(cfg, env, loggers, state_dir)
-        while run.step < run.last_step:
-            run_epoch(run)
-        summary = {}
-        if env.is_main:
-            save_state(run)
-            summary = write_summary(run)
-        barrier()
-        return summary
+        with lock if env.is_main else contextlib.nullcontext():
+            run = start_run(cfg, env, loggers, state_dir)
+            while run.step < run.last_step:
+                run_epoch(run)
+            summary = {}
+            if env.is_main:
+                save_state(run)
+                summary = write_summary(run)
+            barrier()
+            return summary
     finally:
         cleanup_distributed()
 

@@ -31,7 +31,7 @@ from jepa.data import DatasetNotFoundError
 from jepa.io import write_json
 from jepa.live import LiveLogger
 from jepa.prepare import sha256_file
-from jepa.runs import run_store_dir
+from jepa.runs import RunLockedError, run_store_dir
 from jepa.train import pretrain
 from pipelines.common import run_main
 
@@ -59,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, DatasetNotFoundError)
+    run_main(main, DatasetNotFoundError, RunLockedError)

@@ -118,6 +118,64 @@ def test_resume_after_a_hard_kill_is_exact(tiny_fmnist, tmp_path):
     assert_same_weights(tmp_path / "reference", tmp_path / "killed")
 
 
+def start_trainer(cfg: JEPAConfig, tmp_path: Path, *launcher: str) -> tuple[subprocess.Popen, int]:
+    """Start `python [launcher] -m jepa.train --config` on `cfg`; return it and the pid that
+    holds the run's lock once training is under way (the worker's, under torchrun)."""
+    import yaml
+
+    config_file = tmp_path / "trainer.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    cmd = [sys.executable, *launcher, "-m", "jepa.train", "--config", str(config_file)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock = Path(cfg.output_dir) / "checkpoints" / ".lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if lock.is_file() and lock.read_text().strip():
+            return proc, int(lock.read_text())
+        time.sleep(0.05)
+    raise AssertionError(f"no trainer took the lock: {proc.stderr.read().decode()[-2000:]}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")  # a zombie is dead for our purposes
+    return not (stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_a_second_trainer_on_the_same_run_fails_at_once_naming_the_first(tiny_fmnist, tmp_path):
+    from jepa.runs import RunLockedError
+
+    cfg = tiny_cfg(tiny_fmnist, tmp_path / "run", epochs=200)
+    proc, holder = start_trainer(cfg, tmp_path)
+    try:
+        start = time.time()
+        with pytest.raises(RunLockedError, match=f"pid {holder}"):
+            pretrain(cfg)
+        assert time.time() - start < 30
+    finally:
+        proc.kill()
+        proc.wait()
+    assert pretrain(cfg.replace(max_steps=1))["steps"] >= 1  # the kernel freed the lock
+
+
+def test_workers_die_with_their_torchrun(tiny_fmnist, tmp_path):
+    """torchrun starts each worker in its own session: killing torchrun (or its process
+    group) must not leave a worker training on."""
+    cfg = tiny_cfg(tiny_fmnist, tmp_path / "run", epochs=200)
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1")
+    proc, worker = start_trainer(cfg, tmp_path, *launcher)
+    assert worker != proc.pid
+    proc.kill()  # SIGKILL: torchrun cannot pass anything on
+    proc.wait()
+    deadline = time.time() + 20
+    while alive(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker), "the worker outlived its torchrun"
+
+
 def test_checkpoint_of_another_experiment_is_refused(reference_run, tiny_fmnist, tmp_path):
     cfg = tiny_cfg(tiny_fmnist, tmp_path)
     pretrain(cfg.replace(max_steps=1))
