@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from jepa.io import atomic_output, write_text
+from jepa.runs import loss_curve, parse_step_log
 
 # The DVC metrics files: what a reader compares across experiments, with short keys and
 # rounded values so that `dvc exp show --only-changed` fits a 120-column terminal. The full
@@ -183,9 +184,7 @@ def loss_curves(repo: Path, records: Sequence[dict]) -> dict[str, tuple[list, li
     for record in records:
         rev = None if record["rev"] == "workspace" else record["rev"]
         text = dvc.api.read(STEP_LOG, repo=str(repo), rev=rev)
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        rows = [r for r in rows if "loss" in r]
-        curves[record["name"]] = ([r["step"] for r in rows], [r["loss"] for r in rows])
+        curves[record["name"]] = loss_curve(parse_step_log(text))
     return curves
 
 

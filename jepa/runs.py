@@ -65,18 +65,15 @@ class RunFiles:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The rows of `metrics.jsonl` ([] without the file)."""
-        if not self.metrics.is_file():
-            return []
-        lines = self.metrics.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return parse_step_log(self.metrics.read_text()) if self.metrics.is_file() else []
 
     def read_summary(self) -> dict[str, Any] | None:
         return json.loads(self.summary.read_text()) if self.summary.is_file() else None
 
     def loss_curve(self) -> tuple[list[int], list[float]] | None:
         """`(steps, losses)` of the training rows, or None without any."""
-        rows = [row for row in self.read_metrics() if "loss" in row]
-        return ([row["step"] for row in rows], [row["loss"] for row in rows]) if rows else None
+        steps, losses = loss_curve(self.read_metrics())
+        return (steps, losses) if steps else None
 
     @classmethod
     def holding(cls, path: str | Path) -> RunFiles | None:
@@ -89,6 +86,17 @@ class RunFiles:
         else:
             return None
         return run if run.is_run() else None
+
+
+def parse_step_log(text: str) -> list[dict[str, Any]]:
+    """The rows of a `metrics.jsonl` text (one JSON object per line)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def loss_curve(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    """`(steps, losses)` of a step log's training rows."""
+    rows = [row for row in rows if "loss" in row]
+    return [row["step"] for row in rows], [row["loss"] for row in rows]
 
 
 # ---- the run store ------------------------------------------------------------------------
