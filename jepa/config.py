@@ -61,7 +61,7 @@ MASK_STRATEGIES = ("multiblock", "random")
 LOSSES = ("smooth_l1", "l2")
 EMA_SCHEDULES = ("linear", "cosine")
 AMP_MODES = ("auto", "bf16", "none")
-PROBE_BACKENDS = ("sklearn", "torch")
+PROBE_BACKENDS = ("lbfgs", "sklearn", "torch")
 CORRUPT_POLICIES = ("skip", "raise")
 
 
@@ -159,11 +159,14 @@ class JEPAConfig:
     log_every: int = 10
     diagnostics_every: int = 100
     progress: bool = True
+    # Training images of the online kNN monitor (jepa/monitor.py): their kNN top-1 is
+    # logged at the start and after every epoch; 0 turns it off.
+    knn_monitor_images: int = 3000
 
     # ---- evaluation -----------------------------------------------------------
     eval: bool = False
     read_checkpoint: str | None = None
-    probe_backend: str = "sklearn"
+    probe_backend: str = "lbfgs"  # jepa/probe.py: lbfgs (torch), sklearn, torch (AdamW)
     probe_last_blocks: int = 1  # 1: pooled final tokens; 4: concat of the last 4 blocks
     probe_subset: int | None = None  # cap train images used by the probe
     knn_k: int = 20
@@ -275,6 +278,11 @@ class JEPAConfig:
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.knn_monitor_images < 0:
+            raise ConfigError(
+                f"knn_monitor_images must be >= 0 (0 turns the monitor off), "
+                f"got {self.knn_monitor_images}"
+            )
         for name in ("pretrain_subset", "max_steps", "probe_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1 or null, got {getattr(self, name)}")
@@ -434,6 +442,7 @@ RUNTIME_FIELDS = frozenset(
         "log_every",
         "diagnostics_every",
         "progress",
+        "knn_monitor_images",
         "eval",
         "read_checkpoint",
         "probe_backend",

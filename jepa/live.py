@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 # Logged in the summary but not plotted: they are not functions of training progress.
-SUMMARY_ONLY = frozenset({"epoch", "elapsed_s"})
+SUMMARY_ONLY = frozenset({"epoch", "elapsed_s", "monitor_s"})
 
 
 class LiveLogger:

@@ -47,6 +47,7 @@ from jepa.export import export_encoder
 from jepa.io import write_json
 from jepa.masks import MaskedBatch, build_collator
 from jepa.models import IJEPA
+from jepa.monitor import KnnMonitor
 from jepa.runs import RunFiles, RunLock, decide_resume
 
 log = logging.getLogger("jepa.train")
@@ -190,6 +191,7 @@ class Run:
     data: PretrainLoader
     log: RunLog
     mirror: object | None  # jepa.storage.CheckpointMirror on rank 0 when configured
+    knn: KnnMonitor | None  # rank 0's online kNN monitor, when configured
     step: int = 0
     images_seen: int = 0
     last_loss: float = math.nan
@@ -199,6 +201,7 @@ class Run:
     # on the device: reading them waits for the device, so it happens only every few steps.
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
     last_read_step: int = 0
+    monitor_s: float = 0.0  # seconds this process spent in the kNN monitor
 
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.cfg, self.data.steps_per_epoch)
@@ -284,9 +287,12 @@ def start_run(
         data,
         RunLog(files.metrics if env.is_main else None, loggers),
         build_mirror(cfg) if env.is_main else None,
+        KnnMonitor.from_config(cfg) if env.is_main else None,
     )
     rows = restore(run)
     run.log.start(rows)
+    if run.step == 0:
+        measure_knn(run)  # the curve's first point: the encoder before training
     return run
 
 
@@ -414,8 +420,21 @@ def run_epoch(run: Run) -> None:
         run.read_loss()
     if skipped and run.env.is_main:
         warnings.warn(f"epoch {epoch + 1}: skipped {skipped} unreadable image(s)", stacklevel=2)
+    if run.step % spe == 0 or run.step == run.last_step:
+        measure_knn(run)
     if run.env.is_main and run.step % spe == 0:
         save_state(run)
+
+
+def measure_knn(run: Run) -> None:
+    """Log the online kNN monitor's top-1 at this step (rank 0, when configured)."""
+    if run.knn is None:
+        return
+    measured = run.knn.measure(run.model.target_encoder, run.env.device)
+    run.monitor_s += measured["monitor_s"]
+    run.log.write(
+        {"step": run.step, "epoch": round(run.step / run.data.steps_per_epoch, 4)} | measured
+    )
 
 
 def record_step(
@@ -464,6 +483,7 @@ def write_summary(run: Run) -> dict:
     """Export the target encoder and write `summary.json` (rank 0)."""
     wall = time.perf_counter() - run.start_time
     diagnostics_rows = [row for row in run.log.rows if "effective_rank" in row]
+    monitor_rows = [row for row in run.log.rows if "monitor_knn_top1" in row]
     summary = {
         "steps": run.step,
         "epochs": run.step / run.data.steps_per_epoch,
@@ -473,6 +493,9 @@ def write_summary(run: Run) -> dict:
         "images_per_s": run.images_seen / max(wall, 1e-9),
         "final_loss": run.last_loss,
         "effective_rank": diagnostics_rows[-1]["effective_rank"] if diagnostics_rows else None,
+        # The online kNN monitor's last top-1, and its share of this process's wall time.
+        "monitor_knn_top1": monitor_rows[-1]["monitor_knn_top1"] if monitor_rows else None,
+        "monitor_share": run.monitor_s / max(wall, 1e-9),
         "world_size": run.env.world_size,
         "device": str(run.env.device),
         "config_hash": run.cfg.training_hash(),

@@ -320,13 +320,18 @@ def test_experiments_compare_in_one_table_and_a_readable_exp_show(tmp_path: Path
     dvc(repo, "queue", "start")
     assert "Success" in wait_for_queue(repo)
 
-    env = {**tool_env(), "COLUMNS": "120"}
+    # A terminal wide enough for the lean metrics and the changed parameters (the width of
+    # the Created/State/Executor columns varies with the clock and the queue's state).
+    env = {**tool_env(), "COLUMNS": "200"}
     shown = run_dvc(["exp", "show", "--no-pager", "--only-changed"], cwd=repo, env=env).stdout
-    # The columns people compare come whole before any elided ones (the changed dependency
-    # hashes DVC lists last): the metrics, then the parameters that differ.
+    # The columns people compare come whole before any elided ones and before the changed
+    # dependency hashes DVC lists last: the metrics, then the parameters that differ.
     header = next(line for line in shown.splitlines() if "Experiment" in line)
     visible = header.split("…")[0].split()
-    assert {"top1", "knn_top1", "lr", "final_loss", "wall_s"} <= set(visible), shown
+    compared = ["final_loss", "img_s", "knn_top1", "top1", "wall_s", "lr"]
+    assert set(compared) <= set(visible), shown
+    dependencies = [i for i, name in enumerate(visible) if "/" in name]
+    assert max(visible.index(c) for c in compared) < min(dependencies, default=len(visible)), shown
 
     done = subprocess.run(
         [sys.executable, "-m", "jepa.cli", "compare", "--repo", str(repo), "--out", "results"],

@@ -1,4 +1,4 @@
-"""Linear probe (both backends), its selection protocol, k-NN and the pixel baseline."""
+"""Linear probe (every backend), its selection protocol, k-NN and the pixel baseline."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from jepa.probe import (
 NUM_CLASSES, DIM = 10, 24
 # Small grids and few epochs keep the suite fast; the protocol is the same.
 FAST = {
+    "lbfgs": dict(c_grid=(1e-3, 1e-1, 10.0)),
     "sklearn": dict(c_grid=(1e-3, 1e-1, 10.0)),
     "torch": dict(lr_grid=(1e-2, 1e-1), wd_grid=(0.0, 1e-2), epochs=8, batch_size=128),
 }
@@ -54,7 +55,7 @@ def memmapped(tmp_path: Path, name: str, array: np.ndarray) -> np.ndarray:
     return np.load(tmp_path / f"{name}.npy", mmap_mode="r")
 
 
-@pytest.mark.parametrize("backend", ["sklearn", "torch"])
+@pytest.mark.parametrize("backend", ["lbfgs", "sklearn", "torch"])
 def test_probe_separable_clusters(backend: str, data, tmp_path: Path) -> None:
     train_x, train_y, test_x, test_y = data
     # Memory-mapped inputs, as the pipeline passes them.
@@ -84,7 +85,7 @@ def unstructured(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(size=(n, DIM)).astype(np.float32), rng.integers(0, NUM_CLASSES, size=n)
 
 
-@pytest.mark.parametrize("backend", ["sklearn", "torch"])
+@pytest.mark.parametrize("backend", ["lbfgs", "sklearn", "torch"])
 def test_probe_uninformative_labels_is_chance(backend: str) -> None:
     # Labels independent of the features (shuffling clustered data would leave only ten
     # clusters' worth of independent test outcomes, too few for a tight bound).
@@ -123,7 +124,7 @@ class SealedArray:
         return iter(self._open())
 
 
-@pytest.mark.parametrize("backend", ["sklearn", "torch"])
+@pytest.mark.parametrize("backend", ["lbfgs", "sklearn", "torch"])
 def test_selection_never_reads_test_split(
     backend: str, data, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,7 +154,7 @@ def test_selection_never_reads_test_split(
     assert metrics["top1"] >= 0.98
 
 
-@pytest.mark.parametrize("backend", ["sklearn", "torch"])
+@pytest.mark.parametrize("backend", ["lbfgs", "sklearn", "torch"])
 def test_selection_does_not_depend_on_test_data(backend: str, data) -> None:
     train_x, train_y, test_x, test_y = data
     noise = np.random.default_rng(5)
@@ -169,6 +170,42 @@ def test_selection_does_not_depend_on_test_data(backend: str, data) -> None:
     for key in ("hyperparameters", "val_top1", "selection"):
         assert first[key] == second[key]
     assert second["top1"] < 0.3
+
+
+def overlapping(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters that overlap (about 86% linearly separable), each dimension on its own scale
+    (0.2 to 5), so standardisation and the choice of C both matter."""
+    centres = np.random.default_rng(0).normal(size=(NUM_CLASSES, DIM)) * 0.65
+    scales = np.random.default_rng(3).uniform(0.2, 5.0, DIM)
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(NUM_CLASSES), n_per_class)
+    features = (centres[labels] + rng.normal(size=(len(labels), DIM))) * scales
+    return features.astype(np.float32), labels
+
+
+def test_lbfgs_agrees_with_sklearn_on_overlapping_classes() -> None:
+    train_x, train_y = overlapping(300, seed=1)
+    test_x, test_y = overlapping(300, seed=2)
+    ours = linear_probe(train_x, train_y, test_x, test_y, backend="lbfgs")
+    reference = linear_probe(train_x, train_y, test_x, test_y, backend="sklearn")
+    assert 0.75 < reference["top1"] < 0.95  # real class structure, not noise, not trivial
+    assert abs(ours["top1"] - reference["top1"]) <= 0.003
+    assert ours["hyperparameters"] == reference["hyperparameters"]
+    for mine, theirs in zip(ours["selection"], reference["selection"], strict=True):
+        assert abs(mine["val_top1"] - theirs["val_top1"]) <= 0.01
+
+
+def test_lbfgs_warm_start_reaches_the_cold_start_solution() -> None:
+    train_x, train_y = overlapping(100, seed=1)
+    rows, c = probe.Rows(train_x), {"C": 0.1}
+    warm = probe.LbfgsFitter()
+    warm(rows, train_y, {"C": 0.001})
+    warm_scores = warm(rows, train_y, c)(train_x)
+    cold = probe.LbfgsFitter()
+    cold_scores = cold(rows, train_y, c)(train_x)
+    assert warm.iterations[-1] < cold.iterations[-1]
+    np.testing.assert_allclose(warm_scores, cold_scores, atol=0.05)
+    assert (warm_scores.argmax(1) == cold_scores.argmax(1)).mean() > 0.99
 
 
 def test_stratified_holdout() -> None:

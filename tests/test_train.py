@@ -68,6 +68,11 @@ def test_run_writes_its_outputs_and_the_loss_falls(reference_run):
     losses = [r["loss"] for r in metric_rows(out) if "loss" in r]
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert any("effective_rank" in r for r in metric_rows(out))
+    # The online kNN monitor: before training and after each of the 2 epochs of 4 steps.
+    monitor = [r for r in metric_rows(out) if "monitor_knn_top1" in r]
+    assert [r["step"] for r in monitor] == [0, 4, 8]
+    assert all(0.0 <= r["monitor_knn_top1"] <= 1.0 and r["monitor_s"] > 0 for r in monitor)
+    assert summary["monitor_knn_top1"] == monitor[-1]["monitor_knn_top1"]
     encoder = export.load_encoder(out / "encoder")
     assert encoder.forward_features(torch.zeros(2, 1, 28, 28)).shape == (2, 32)
 
@@ -93,6 +98,14 @@ def test_resume_mid_epoch_is_exact(reference_run, tiny_fmnist, tmp_path):
     assert_same_weights(ref, tmp_path)
     steps = [r["step"] for r in metric_rows(tmp_path) if "loss" in r]
     assert steps == list(range(1, 9))  # no duplicated or missing rows after resume
+    monitored = [r for r in metric_rows(tmp_path) if "monitor_knn_top1" in r]
+    reference = [r for r in metric_rows(ref) if "monitor_knn_top1" in r]
+    # Steps 0, 3 (where the first run stopped), 4 and 8; the encoder at 4 and 8 is the
+    # reference run's, so its kNN top-1 is too.
+    assert [r["step"] for r in monitored] == [0, 3, 4, 8]
+    assert [r["monitor_knn_top1"] for r in monitored[2:]] == [
+        r["monitor_knn_top1"] for r in reference[1:]
+    ]
 
 
 def test_resume_after_a_hard_kill_is_exact(tiny_fmnist, tmp_path):

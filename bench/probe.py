@@ -1,0 +1,102 @@
+"""Time the linear-probe backends on real features, the standard protocol, one process.
+
+    .venv/bin/python bench/probe.py --features features/pretrained   # after `dvc repro`
+    .venv/bin/python bench/probe.py --features features/pretrained --pixels
+
+The protocol is `jepa.probe.linear_probe`'s (C chosen on a stratified 10% of the TRAINING
+split, refit on all of it, the test split read once): sklearn's L-BFGS first (the
+baseline), then the torch L-BFGS backend at torch's thread count and on one thread. With
+`--pixels` the raw-pixel features of the same dataset (the pipeline's baseline) are probed
+too, read from `params.yaml`'s dataset. Prints one table: seconds, top-1, the chosen C and
+each backend's top-1 difference from sklearn, beside the machine's fp32 matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from jepa import probe
+from jepa.features import load_features
+
+try:  # run as `python bench/probe.py` (the bench folder on sys.path) or as a module
+    from train_step import matmul_tflops
+except ImportError:  # pragma: no cover
+    from bench.train_step import matmul_tflops
+
+
+def pixel_features(params: Path) -> tuple[np.ndarray, ...]:
+    """The pixel baseline's features `(train_x, train_y, test_x, test_y)` for `params`."""
+    from jepa.config import load_params
+    from jepa.data import build_dataset
+    from jepa.evaluate import PixelEncoder
+    from jepa.features import extract_features
+
+    cfg, _ = load_params(params)
+    out = []
+    for split in ("train", "test"):
+        loader = torch.utils.data.DataLoader(
+            build_dataset(cfg, split, train_transform=False), batch_size=1024
+        )
+        out += extract_features(PixelEncoder(), loader, progress=False)
+    return tuple(out)
+
+
+def time_backends(name: str, data: tuple[np.ndarray, ...], threads: int) -> list[dict]:
+    train_x, train_y, test_x, test_y = data
+    train_x = np.asarray(train_x, dtype=np.float32)
+    runs = [("sklearn", None), ("lbfgs", None), ("lbfgs", 1)]
+    rows, reference = [], None
+    for backend, thread_count in runs:
+        with probe.torch_threads(thread_count), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            start = time.perf_counter()
+            metrics = probe.linear_probe(train_x, train_y, test_x, test_y, backend=backend)
+            seconds = time.perf_counter() - start
+        reference = metrics["top1"] if reference is None else reference
+        rows.append(
+            {
+                "features": f"{name} ({train_x.shape[1]}-d)",
+                "backend": backend + ("" if backend == "sklearn" else f", {thread_count or threads} thr"),
+                "seconds": seconds,
+                "top1": metrics["top1"],
+                "C": metrics["hyperparameters"]["C"],
+                "vs sklearn": metrics["top1"] - reference,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=Path, help="a feature directory (train/test .npy)")
+    parser.add_argument("--pixels", action="store_true", help="also the raw-pixel baseline")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    if args.features is None and not args.pixels:
+        parser.error("give --features DIR, --pixels, or both")
+    threads = torch.get_num_threads()
+    rate = matmul_tflops(torch.device("cpu"), torch.float32)
+    rows = []
+    if args.features is not None:
+        data = (*load_features(args.features, "train"), *load_features(args.features, "test"))
+        rows += time_backends(args.features.name, data, threads)
+    if args.pixels:
+        rows += time_backends("pixels", pixel_features(args.params), threads)
+    print(f"machine: fp32 matmul {rate:.3f} TFLOP/s, torch threads {threads}")
+    print(f"{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} {'vs sklearn':>11}")
+    for row in rows:
+        print(
+            f"{row['features']:<24} {row['backend']:<18} {row['seconds']:>8.1f} "
+            f"{100 * row['top1']:>8.2f} {row['C']:>7.3g} {100 * row['vs sklearn']:>+10.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
