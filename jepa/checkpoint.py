@@ -74,8 +74,20 @@ class CheckpointError(RuntimeError):
 
 def atomic_save(obj: Any, path: Path) -> None:
     """`torch.save(obj)` to `path` atomically (`jepa.io.atomic_write`): a crash mid-save
-    leaves an existing file at `path` untouched and no temporary file behind."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    leaves an existing file at `path` untouched and no temporary file behind; a full disk
+    raises `jepa.io.DiskFullError` with the space the tensors need."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), size=tensor_bytes(obj))
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in `obj` (nested dicts, lists, tuples): about its saved size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def save_checkpoint(

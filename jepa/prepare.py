@@ -24,13 +24,14 @@ training images in about half a second, far below one training step's cost.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jepa.config import JEPAConfig
-from jepa.data import build_dataset, pretrain_indices, source_files
+from jepa.data import build_dataset, dataset_root, pretrain_indices, source_files
 from jepa.io import write_json
 
 SPLITS = ("train", "test")
@@ -107,13 +108,7 @@ def describe_split(cfg: JEPAConfig, split: str) -> dict[str, Any]:
         "image_shape": list(image.shape),
         "class_counts": counts,
     }
-    if hasattr(dataset, "samples"):  # image folder
-        record["files"] = listing_digest(dataset.root, [p for p, _ in dataset.samples])
-    else:
-        record["files"] = {
-            path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-            for path in source_files(cfg, split)
-        }
+    record["files"] = split_files(cfg, split, dataset)
     if split == "train" and cfg.pretrain_subset is not None:
         kept = [labels[i] for i in pretrain_indices(cfg, len(labels))]
         record["pretrain_subset"] = {
@@ -121,6 +116,20 @@ def describe_split(cfg: JEPAConfig, split: str) -> dict[str, Any]:
             "class_counts": _class_counts(kept, dataset.classes),
         }
     return record
+
+
+def split_files(cfg: JEPAConfig, split: str, dataset: Any = None) -> dict[str, Any]:
+    """What the manifest's `files` records for one split (see the module docstring).
+
+    Image folders are listed through their dataset (`dataset`, else built here).
+    """
+    if cfg.dataset_name in ("imagefolder", "imagenet1k"):
+        dataset = dataset or build_dataset(cfg, split, train_transform=False)
+        return listing_digest(dataset.root, [p for p, _ in dataset.samples])
+    return {
+        path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        for path in source_files(cfg, split)
+    }
 
 
 def build_manifest(cfg: JEPAConfig, splits: Sequence[str] = SPLITS) -> dict[str, Any]:
@@ -141,3 +150,51 @@ def build_manifest(cfg: JEPAConfig, splits: Sequence[str] = SPLITS) -> dict[str,
 def write_manifest(manifest: dict[str, Any], path: str | Path) -> Path:
     """Write `manifest` as sorted, indented JSON, atomically (same data → same bytes)."""
     return write_json(path, manifest)
+
+
+class DatasetChangedError(DatasetCheckError):
+    """The data on disk is not the data the manifest describes."""
+
+
+def verify_manifest(cfg: JEPAConfig, path: str | Path, splits: Sequence[str] = ("train",)) -> None:
+    """Raise `DatasetChangedError` unless `splits` of the data on disk are the ones the
+    manifest at `path` describes (same dataset, same `files` record).
+
+    The stages after `prepare` depend on the manifest, not on the data: this check keeps a
+    stage from training on files that vanished or changed since the manifest was written.
+    """
+    manifest = json.loads(Path(path).read_text())
+    fix = (
+        f"restore the data, or rerun `dvc repro` so that the prepare stage describes the data "
+        f"as it is now in {path}"
+    )
+    if manifest.get("dataset") != cfg.dataset_name:
+        raise DatasetChangedError(
+            f"{path} describes dataset {manifest.get('dataset')!r}, but the config trains on "
+            f"{cfg.dataset_name!r}; {fix}"
+        )
+    for split in splits:
+        try:
+            current = split_files(cfg, split)
+        except FileNotFoundError as err:  # DatasetNotFoundError, or a file gone mid-listing
+            raise DatasetChangedError(
+                f"the {split} data that {path} describes is gone: {err}. To continue, {fix}"
+            ) from err
+        recorded = manifest["splits"][split]["files"]
+        if current != recorded:
+            raise DatasetChangedError(
+                f"the {split} data under {dataset_root(cfg)} changed since {path} was written "
+                f"({_files_difference(recorded, current)}); {fix}"
+            )
+
+
+def _files_difference(recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """Which entries of a split's `files` record differ, in a few words."""
+    if "listing_sha256" in recorded:  # an image folder
+        return (
+            f"{recorded.get('num_files')} files of {recorded.get('bytes')} bytes then, "
+            f"{current.get('num_files')} of {current.get('bytes')} now"
+        )
+    changed = sorted(name for name in recorded.keys() | current.keys()
+                     if recorded.get(name) != current.get(name))  # fmt: skip
+    return f"different files: {', '.join(changed)}"

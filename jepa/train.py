@@ -44,7 +44,7 @@ from jepa.distributed import (
     init_distributed,
 )
 from jepa.export import export_encoder
-from jepa.io import write_json
+from jepa.io import DiskFullError, write_json
 from jepa.masks import MaskedBatch, build_collator
 from jepa.models import IJEPA
 from jepa.monitor import KnnMonitor
@@ -336,16 +336,20 @@ def save_state(run: Run) -> None:
             f"weights became non-finite at step {run.step}; not saving them. The last good "
             f"checkpoint is {path}. Try a lower lr, clip_grad, or amp: none."
         )
-    ckpt.save_checkpoint(
-        path,
-        **run.model.networks(),
-        optimizer=run.optimizer,
-        step=run.step,
-        epoch=run.epoch,
-        cfg=run.cfg,
-        rng=ckpt.capture_rng_state(),
-        extra={"log": run.log.rows},
-    )
+    try:
+        ckpt.save_checkpoint(
+            path,
+            **run.model.networks(),
+            optimizer=run.optimizer,
+            step=run.step,
+            epoch=run.epoch,
+            cfg=run.cfg,
+            rng=ckpt.capture_rng_state(),
+            extra={"log": run.log.rows},
+        )
+    except DiskFullError as err:
+        resume = "a rerun resumes from the last one saved" if path.exists() else "none saved yet"
+        raise DiskFullError(f"checkpoint of step {run.step} not saved ({resume}): {err}") from err
     if run.mirror is not None:
         run.mirror.push(path, step=run.step, epoch=run.epoch, config_hash=run.cfg.training_hash())
 

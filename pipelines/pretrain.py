@@ -1,8 +1,8 @@
 """Stage `pretrain`: I-JEPA pretraining (`jepa.train.pretrain`), under torchrun.
 
-    torchrun --standalone --nproc_per_node N -m pipelines.pretrain --params params.yaml \
-        --manifest data/manifest.json --out pretrain --live pretrain/dvclive \
-        --metrics metrics/train.json
+    python -m pipelines.torchrun --standalone --nproc_per_node N -m pipelines.pretrain \
+        --params params.yaml --manifest data/manifest.json --out pretrain \
+        --live pretrain/dvclive --metrics metrics/train.json
 
 Writes under `--out` what `pretrain` writes (`encoder/`, `metrics.jsonl`, `summary.json`),
 dvclive plots under `--live`, and to `--metrics` the summary's numbers that `dvc exp show`
@@ -15,6 +15,9 @@ cache), in a directory keyed by the training config's hash and the data manifest
 it, and rerunning an interrupted experiment resumes it (`jepa.runs.decide_resume`; the
 step log and plots are rebuilt from the checkpoint). A finished run's state directory is
 removed: the exported encoder is the result.
+
+Before training, the data on disk is checked against the manifest (`jepa.prepare.verify_manifest`):
+files that vanished or changed since `prepare` ran fail the stage, naming them.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import os
 import shutil
 from pathlib import Path
 
+from jepa.checkpoint import CheckpointError
 from jepa.compare import training_metrics
 from jepa.config import load_params
 from jepa.data import DatasetNotFoundError
-from jepa.io import write_json
+from jepa.io import DiskFullError, write_json
 from jepa.live import LiveLogger
-from jepa.prepare import sha256_file
+from jepa.prepare import DatasetCheckError, sha256_file, verify_manifest
 from jepa.runs import RunLockedError, run_store_dir
 from jepa.train import pretrain
 from pipelines.common import run_main
@@ -48,6 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg, _ = load_params(args.params)
     cfg = cfg.replace(output_dir=str(args.out))
+    verify_manifest(cfg, args.manifest)
     state_dir = run_store_dir(cfg.run_store, cfg.training_hash(), sha256_file(args.manifest))
     with LiveLogger(args.live) as live:
         summary = pretrain(cfg, loggers=[live], state_dir=state_dir)
@@ -59,4 +64,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, DatasetNotFoundError, RunLockedError)
+    run_main(
+        main,
+        DatasetNotFoundError,
+        DatasetCheckError,
+        RunLockedError,
+        CheckpointError,
+        DiskFullError,
+    )

@@ -72,7 +72,8 @@ def test_every_path_on_a_command_line_is_declared() -> None:
     """Paths are written once, in dvc.yaml: a stage reads or writes nothing undeclared."""
     for name, stage in dvc_yaml()["stages"].items():
         tokens = shlex.split(stage["cmd"])
-        script_args = tokens[tokens.index("-m") + 2 :]
+        last_module = len(tokens) - 1 - tokens[::-1].index("-m")  # the stage's, past a launcher
+        script_args = tokens[last_module + 2 :]
         paths = {v for flag, v in itertools.pairwise(script_args) if flag.startswith("--")}
         declared = stage_paths(stage) | {"params.yaml"}
         for path in paths:  # a file, or a directory whose declared parts lie under it
