@@ -32,6 +32,7 @@ from jepa.io import write_json
 from jepa.live import LiveLogger
 from jepa.prepare import sha256_file
 from jepa.runs import RunLockedError, run_store_dir
+from jepa.storage import StorageError
 from jepa.train import pretrain
 from pipelines.common import run_main
 
@@ -59,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, DatasetNotFoundError, RunLockedError)
+    run_main(main, DatasetNotFoundError, RunLockedError, StorageError)
