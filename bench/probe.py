@@ -63,7 +63,8 @@ def time_backends(name: str, data: tuple[np.ndarray, ...], threads: int) -> list
         rows.append(
             {
                 "features": f"{name} ({train_x.shape[1]}-d)",
-                "backend": backend + ("" if backend == "sklearn" else f", {thread_count or threads} thr"),
+                "backend": backend
+                + ("" if backend == "sklearn" else f", {thread_count or threads} thr"),
                 "seconds": seconds,
                 "top1": metrics["top1"],
                 "C": metrics["hyperparameters"]["C"],
@@ -90,7 +91,9 @@ def main() -> None:
     if args.pixels:
         rows += time_backends("pixels", pixel_features(args.params), threads)
     print(f"machine: fp32 matmul {rate:.3f} TFLOP/s, torch threads {threads}")
-    print(f"{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} {'vs sklearn':>11}")
+    print(
+        f"{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} {'vs sklearn':>11}"
+    )
     for row in rows:
         print(
             f"{row['features']:<24} {row['backend']:<18} {row['seconds']:>8.1f} "

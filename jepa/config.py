@@ -152,6 +152,7 @@ class JEPAConfig:
     output_dir: str = "./output"
     checkpoint_every: int = 200  # optimizer steps between checkpoints (and at each epoch end)
     checkpoint_uri: str | None = None  # s3://bucket/prefix to mirror the latest checkpoint
+    checkpoint_upload_timeout_s: float = 300.0  # at the end, wait this long for the last upload
     # Where the DVC pipeline keeps in-progress training state, keyed by the run's identity;
     # None: the user cache folder ($XDG_CACHE_HOME/jepa/runs or ~/.cache/jepa/runs).
     run_store: str | None = None
@@ -321,6 +322,10 @@ class JEPAConfig:
         for name in ("warmup_epochs", "weight_decay", "drop_path_rate"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.checkpoint_upload_timeout_s < 0:
+            raise ConfigError(
+                f"checkpoint_upload_timeout_s must be >= 0, got {self.checkpoint_upload_timeout_s}"
+            )
         if self.checkpoint_uri is not None and not self.checkpoint_uri.startswith("s3://"):
             raise ConfigError(f"checkpoint_uri must start with s3://, got {self.checkpoint_uri!r}")
 
@@ -437,6 +442,7 @@ RUNTIME_FIELDS = frozenset(
         "output_dir",
         "checkpoint_every",
         "checkpoint_uri",
+        "checkpoint_upload_timeout_s",
         "run_store",
         "resume",
         "log_every",

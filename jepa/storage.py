@@ -9,8 +9,11 @@ Endpoint: the `endpoint_url` argument, else `JEPA_S3_ENDPOINT_URL`, `AWS_ENDPOIN
 `AWS_ENDPOINT_URL` (in that order), else AWS itself. Credentials come only from the usual AWS
 chain (env vars, `AWS_PROFILE` / `~/.aws`, instance roles); nothing here accepts keys.
 
+`CheckpointUploader` pushes the trainer's checkpoints to a mirror on a background thread,
+latest wins, so a slow or failing endpoint never stalls training.
+
 Every failure surfaces as `StorageError` with a message that names the endpoint, the URI and
-what to check. `run_dvc` runs the `dvc` CLI with the same contract; `dvc_executable` is the
+what to check; no message or log line carries a credential. `run_dvc` runs the `dvc` CLI with the same contract; `dvc_executable` is the
 one way the project finds that CLI (a missing dvc is a `StorageError` too).
 """
 
@@ -25,7 +28,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,10 @@ READ_TIMEOUT_S = 30.0
 BOTOCORE_MAX_ATTEMPTS = 2
 MIN_PART_SIZE = 5 * 1024**2  # S3 rejects multipart parts below 5 MiB (except the last)
 MULTIPART_THRESHOLD = 64 * 1024**2
+# upload_file's own attempts on top of botocore's: `UPLOAD_RETRIES` more after the first,
+# the n-th after `UPLOAD_BACKOFF_S * 2**n` seconds (read at call time, so tests may shorten it).
+UPLOAD_RETRIES = 4
+UPLOAD_BACKOFF_S = 0.5
 
 _TRANSIENT_CODES = {
     "InternalError",
@@ -136,16 +145,19 @@ def upload_file(
     uri: str,
     *,
     client: Any = None,
-    retries: int = 4,
-    backoff: float = 0.5,
+    retries: int | None = None,
+    backoff: float | None = None,
     multipart_threshold: int = MULTIPART_THRESHOLD,
 ) -> None:
     """Upload `local` to the object `uri`, verify it, and retry transient failures.
 
-    Retries (after `backoff * 2**attempt` seconds) on connection errors, 5xx, throttling and a
-    failed verification; never on 4xx such as bad credentials or a missing bucket. The local
-    file is only read, never moved or deleted, whatever happens.
+    Retries `retries` times (default `UPLOAD_RETRIES`), after `backoff * 2**attempt` seconds
+    (default `UPLOAD_BACKOFF_S`), on connection errors, 5xx, throttling and a failed
+    verification; never on 4xx such as bad credentials or a missing bucket. Each retry logs a
+    warning naming the endpoint. The local file is only read, never moved or deleted.
     """
+    retries = UPLOAD_RETRIES if retries is None else retries
+    backoff = UPLOAD_BACKOFF_S if backoff is None else backoff
     local = Path(local)
     bucket, key = _object_location(uri)
     if not local.is_file():
@@ -169,7 +181,10 @@ def upload_file(
             if attempt == retries or not _is_transient(exc):
                 raise _storage_error(exc, client, f"uploading {local} to", uri) from exc
             delay = backoff * 2**attempt
-            log.warning("upload of %s to %s failed (%s); retry in %.1fs", local, uri, exc, delay)
+            log.warning(
+                "upload of %s to %s at S3 endpoint %s failed (%s); retry %d of %d in %.1fs",
+                local, uri, client.meta.endpoint_url, exc, attempt + 1, retries, delay,
+            )  # fmt: skip
             time.sleep(delay)
 
 
@@ -241,6 +256,10 @@ class CheckpointMirror:
             self._client = s3_client()
         return self._client
 
+    @property
+    def endpoint_url(self) -> str:
+        return self.client.meta.endpoint_url
+
     def push(self, checkpoint_path: Path, *, step: int, epoch: int, config_hash: str) -> None:
         """Upload `checkpoint_path` as latest.pt, then latest.json describing it."""
         checkpoint_path = Path(checkpoint_path)
@@ -308,6 +327,156 @@ class CheckpointMirror:
                 f"{sha256}: the object is corrupt or a push is in progress; "
                 f"retry, or push the checkpoint again"
             )
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """One submitted checkpoint: the snapshot the uploader owns and what describes it."""
+
+    number: int  # submission order, from 1
+    source: Path  # the trainer's checkpoint file, never touched here
+    snapshot: Path
+    step: int
+    epoch: int
+    config_hash: str
+
+
+class CheckpointUploader:
+    """Pushes checkpoints to a `CheckpointMirror` on one background thread, latest wins.
+
+    `submit` returns at once with a snapshot of the checkpoint that the uploader owns: a
+    hard link to the just-written file (free, and still the same bytes after the trainer's
+    next save replaces the name with `os.replace`), or a copy where links are not allowed.
+    A checkpoint submitted while another waits to start replaces it; the upload in flight
+    finishes. A failed upload (after `upload_file`'s retries) logs a warning naming the
+    endpoint and leaves the next checkpoint to try again. `wait` awaits the last submitted
+    checkpoint within a timeout and raises `StorageError` naming the endpoint if it was not
+    uploaded. Snapshots live in `snapshot_dir` (beside the checkpoint, so links work) and
+    are removed once uploaded or superseded; the trainer's own files are only read.
+    """
+
+    SNAPSHOT_GLOB = ".upload-*"
+
+    def __init__(self, mirror: CheckpointMirror, snapshot_dir: Path) -> None:
+        self.mirror = mirror
+        self.snapshot_dir = Path(snapshot_dir)
+        self.num_submitted = self.num_uploaded = self.num_superseded = self.num_failed = 0
+        self._cond = threading.Condition()
+        self._queued: _Upload | None = None
+        self._in_flight: _Upload | None = None
+        self._last_done: tuple[_Upload, BaseException | None] | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        # Left by a run that ended before its uploads did: never to be uploaded now.
+        for stale in self.snapshot_dir.glob(self.SNAPSHOT_GLOB):
+            stale.unlink(missing_ok=True)
+
+    def submit(self, checkpoint: Path, *, step: int, epoch: int, config_hash: str) -> None:
+        """Queue `checkpoint` for upload (replacing any queued one); returns at once."""
+        checkpoint = Path(checkpoint)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("CheckpointUploader.submit after close")
+            self.num_submitted += 1
+            number = self.num_submitted
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        snapshot = self.snapshot_dir / f".upload-{number}-{checkpoint.name}"
+        _snapshot(checkpoint, snapshot)
+        job = _Upload(number, checkpoint, snapshot, step, epoch, config_hash)
+        with self._cond:
+            superseded, self._queued = self._queued, job
+            if superseded is not None:
+                self.num_superseded += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="checkpoint-upload", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+        if superseded is not None:
+            superseded.snapshot.unlink(missing_ok=True)
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until the last submitted checkpoint is uploaded, at most `timeout_s` seconds.
+
+        StorageError, naming the endpoint and the local checkpoint (which is kept), if it
+        failed or did not finish in time. Returns at once if nothing was submitted.
+        """
+        with self._cond:
+            idle = self._cond.wait_for(
+                lambda: self._queued is None and self._in_flight is None, timeout=timeout_s
+            )
+            if not idle:
+                job = self._queued or self._in_flight
+                raise StorageError(
+                    f"the upload of the step-{job.step} checkpoint to {self.mirror.uri} at S3 "
+                    f"endpoint {self.mirror.endpoint_url} did not finish within {timeout_s:g}s "
+                    f"(checkpoint_upload_timeout_s). The local checkpoint {job.source} is kept; "
+                    f"check the endpoint and run again to resume and upload it."
+                )
+            if self._last_done is None:
+                return
+            job, error = self._last_done
+        if error is not None:
+            raise StorageError(
+                f"the last checkpoint (step {job.step}) was not uploaded to {self.mirror.uri} "
+                f"at S3 endpoint {self.mirror.endpoint_url}: {error}. The local checkpoint "
+                f"{job.source} is kept; run again to resume and upload it."
+            ) from error
+
+    def close(self) -> None:
+        """Drop the queued checkpoint and stop the thread after the upload in flight (if any
+        is still running, it finishes in the background and removes its own snapshot)."""
+        with self._cond:
+            self._closed = True
+            dropped, self._queued = self._queued, None
+            self._cond.notify_all()
+        if dropped is not None:
+            dropped.snapshot.unlink(missing_ok=True)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queued is not None or self._closed)
+                if self._queued is None:
+                    return
+                job, self._queued, self._in_flight = self._queued, None, self._queued
+            error = self._upload(job)
+            with self._cond:
+                self._in_flight = None
+                self._last_done = (job, error)
+                self._cond.notify_all()
+
+    def _upload(self, job: _Upload) -> BaseException | None:
+        """Push one snapshot, then remove it; the error, or None on success."""
+        try:
+            self.mirror.push(
+                job.snapshot, step=job.step, epoch=job.epoch, config_hash=job.config_hash
+            )
+        except Exception as exc:  # whatever failed, training goes on with the local checkpoint
+            with self._cond:
+                self.num_failed += 1
+            log.warning(
+                "checkpoint upload of step %d to %s at S3 endpoint %s failed: %s. The local "
+                "checkpoint %s is kept; the next checkpoint will be uploaded.",
+                job.step, self.mirror.uri, self.mirror.endpoint_url, exc, job.source,
+            )  # fmt: skip
+            return exc
+        finally:
+            job.snapshot.unlink(missing_ok=True)
+        with self._cond:
+            self.num_uploaded += 1
+        log.info("uploaded the step-%d checkpoint to %s", job.step, self.mirror.uri)
+        return None
+
+
+def _snapshot(source: Path, snapshot: Path) -> None:
+    """Make `snapshot` hold `source`'s current bytes: a hard link, else a copy."""
+    snapshot.unlink(missing_ok=True)
+    try:
+        os.link(source, snapshot)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(source, snapshot)
 
 
 def run_dvc(

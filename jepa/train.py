@@ -191,6 +191,7 @@ class Run:
     data: PretrainLoader
     log: RunLog
     mirror: object | None  # jepa.storage.CheckpointMirror on rank 0 when configured
+    uploader: object | None  # jepa.storage.CheckpointUploader to `mirror`, on rank 0
     knn: KnnMonitor | None  # rank 0's online kNN monitor, when configured
     step: int = 0
     images_seen: int = 0
@@ -262,6 +263,15 @@ def build_mirror(cfg: JEPAConfig):
     return CheckpointMirror(cfg.checkpoint_uri)
 
 
+def build_uploader(mirror, files: RunFiles):
+    """The background uploader of the checkpoints to `mirror` (None without one)."""
+    if mirror is None:
+        return None
+    from jepa.storage import CheckpointUploader
+
+    return CheckpointUploader(mirror, files.checkpoint.parent)
+
+
 def start_run(
     cfg: JEPAConfig, env: DistEnv, loggers: Sequence[StepLogger], state_dir: Path | None
 ) -> Run:
@@ -278,6 +288,7 @@ def start_run(
     model = IJEPA.from_config(cfg).to(env.device)
     model.wrap(distributed=env.is_distributed, compile=cfg.compile)
     files = RunFiles(Path(cfg.output_dir), state_dir)
+    mirror = build_mirror(cfg) if env.is_main else None
     run = Run(
         cfg,
         env,
@@ -286,7 +297,8 @@ def start_run(
         build_optimizer(cfg, model, env.device),
         data,
         RunLog(files.metrics if env.is_main else None, loggers),
-        build_mirror(cfg) if env.is_main else None,
+        mirror,
+        build_uploader(mirror, files),
         KnnMonitor.from_config(cfg) if env.is_main else None,
     )
     rows = restore(run)
@@ -324,7 +336,8 @@ def restore(run: Run) -> list[dict]:
 
 
 def save_state(run: Run) -> None:
-    """Rank 0 writes the checkpoint (atomically) and mirrors it to S3 when configured.
+    """Rank 0 writes the checkpoint (atomically) and, when configured, hands it to the
+    background uploader (`jepa.storage.CheckpointUploader`): training never waits for S3.
 
     Weights that went non-finite are never saved: the previous checkpoint stays the
     last good one.
@@ -350,8 +363,10 @@ def save_state(run: Run) -> None:
     except DiskFullError as err:
         resume = "a rerun resumes from the last one saved" if path.exists() else "none saved yet"
         raise DiskFullError(f"checkpoint of step {run.step} not saved ({resume}): {err}") from err
-    if run.mirror is not None:
-        run.mirror.push(path, step=run.step, epoch=run.epoch, config_hash=run.cfg.training_hash())
+    if run.uploader is not None:
+        run.uploader.submit(
+            path, step=run.step, epoch=run.epoch, config_hash=run.cfg.training_hash()
+        )
 
 
 # --------------------------------------------------------------------------- the run
@@ -366,22 +381,39 @@ def pretrain(
     (one JSON row per logged step), `summary.json`, and `encoder/` (the target encoder
     as safetensors + its model arguments); the checkpoint `latest.pt` goes to
     `state_dir` (default `<output_dir>/checkpoints`).
+
+    With `checkpoint_uri`, the last checkpoint's upload is awaited after the outputs are
+    written, for at most `checkpoint_upload_timeout_s`; if it fails, `StorageError` names
+    the endpoint, and a rerun resumes from the local checkpoint and uploads it again.
     """
     env = init_distributed(cfg.device)
     lock = RunLock(RunFiles(Path(cfg.output_dir), state_dir).checkpoint.parent)
     try:
         with lock if env.is_main else contextlib.nullcontext():
             run = start_run(cfg, env, loggers, state_dir)
-            while run.step < run.last_step:
-                run_epoch(run)
-            summary = {}
-            if env.is_main:
-                save_state(run)
-                summary = write_summary(run)
+            try:
+                summary = train_to_the_end(run)
+            finally:
+                if run.uploader is not None:
+                    run.uploader.close()
             barrier()
             return summary
     finally:
         cleanup_distributed()
+
+
+def train_to_the_end(run: Run) -> dict:
+    """Train from `run.step` to `run.last_step`; on rank 0, save, write the summary and
+    await the last upload. Returns the summary ({} on other ranks)."""
+    while run.step < run.last_step:
+        run_epoch(run)
+    if not run.env.is_main:
+        return {}
+    save_state(run)
+    summary = write_summary(run)
+    if run.uploader is not None:
+        run.uploader.wait(run.cfg.checkpoint_upload_timeout_s)
+    return summary
 
 
 def run_epoch(run: Run) -> None:

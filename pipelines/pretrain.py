@@ -36,6 +36,7 @@ from jepa.io import DiskFullError, write_json
 from jepa.live import LiveLogger
 from jepa.prepare import DatasetCheckError, sha256_file, verify_manifest
 from jepa.runs import RunLockedError, run_store_dir
+from jepa.storage import StorageError
 from jepa.train import pretrain
 from pipelines.common import run_main
 
@@ -71,4 +72,5 @@ if __name__ == "__main__":
         RunLockedError,
         CheckpointError,
         DiskFullError,
+        StorageError,
     )
