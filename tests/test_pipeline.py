@@ -227,8 +227,12 @@ def test_pretrain_stage_resumes_its_own_run_and_never_another(
 ) -> None:
     work, store = tmp_path / "stage", tmp_path / "runs"
     work.mkdir()
-    (work / "manifest.json").write_text('{"data": "tiny"}\n')
     base = [*TINY, f"root_path={tiny_fmnist}", f"run_store={store}"]
+    from tiny import tiny_config
+
+    from jepa.prepare import build_manifest, write_manifest
+
+    write_manifest(build_manifest(tiny_config(root_path=str(tiny_fmnist))), work / "manifest.json")
     loss_tsv = work / "pretrain" / "dvclive" / "plots" / "metrics" / "loss.tsv"
 
     write_params(work, base)
