@@ -14,7 +14,6 @@ run of one config on one dataset measures the same images.
 
 from __future__ import annotations
 
-import logging
 import time
 
 import numpy as np
@@ -23,10 +22,8 @@ from torch import nn
 
 from jepa.config import JEPAConfig
 from jepa.data import build_dataset
-from jepa.device import autocast
+from jepa.features import extract_features, probe_subset
 from jepa.probe import knn_accuracy
-
-log = logging.getLogger("jepa.monitor")
 
 QUERY_SHARE = 1 / 3  # of the monitor's images, the part whose labels are predicted
 
@@ -57,10 +54,8 @@ class KnnMonitor:
         if cfg.knn_monitor_images == 0:
             return None
         dataset = build_dataset(cfg, "train", train_transform=False)
-        count = min(cfg.knn_monitor_images, len(dataset))
-        chosen = np.sort(np.random.default_rng(cfg.seed).permutation(len(dataset))[:count])
-        items = [dataset[int(i)] for i in chosen]
-        items = [item for item in items if item is not None]  # unreadable images skipped
+        subset = probe_subset(dataset, cfg.knn_monitor_images, cfg.seed)
+        items = [item for item in subset if item is not None]  # unreadable images skipped
         images = torch.stack([item[0] for item in items])
         labels = np.array([int(item[1]) for item in items], dtype=np.int64)
         return cls(
@@ -72,20 +67,24 @@ class KnnMonitor:
             amp=cfg.amp,
         )
 
-    @torch.no_grad()
     def features(self, encoder: nn.Module, device: torch.device) -> np.ndarray:
         """`(N, D)` float32 features of the monitor's images; `encoder`'s mode is kept."""
-        was_training = encoder.training
-        encoder.eval()
-        try:
-            out = []
-            for start in range(0, len(self.images), self.batch_size):
-                batch = self.images[start : start + self.batch_size].to(device)
-                with autocast(self.amp, device):
-                    out.append(encoder.forward_features(batch, self.num_last_blocks).float())
-            return torch.cat(out).cpu().numpy()
-        finally:
-            encoder.train(was_training)
+        batches = [
+            (
+                self.images[start : start + self.batch_size],
+                self.labels[start : start + self.batch_size],
+            )
+            for start in range(0, len(self.images), self.batch_size)
+        ]
+        features, _ = extract_features(
+            encoder,
+            batches,
+            device=device,
+            num_last_blocks=self.num_last_blocks,
+            amp=self.amp,
+            progress=False,
+        )
+        return features
 
     def measure(self, encoder: nn.Module, device: torch.device) -> dict[str, float]:
         """`{"monitor_knn_top1", "monitor_s"}` of `encoder` now."""

@@ -313,18 +313,16 @@ class LbfgsFitter:
 
     def __call__(self, features: Rows, targets: np.ndarray, params: dict) -> LinearScorer:
         x = features.materialise()
-        mean = x.mean(0, dtype=np.float64).astype(np.float32)
-        std = np.maximum(x.std(0, dtype=np.float64), 1e-6).astype(np.float32)
         linear = nn.Linear(features.dim, int(targets.max()) + 1).to(self.device)
-        scorer = LinearScorer(linear, mean, std)
+        scorer = LinearScorer(linear, *feature_moments(Rows(x)))
         inputs = scorer.standardise(x)
         del x
         labels = torch.from_numpy(targets).to(self.device)
+        previous = self.previous if self.warm_start else None
         with torch.no_grad():
-            if self.warm_start and self.previous is not None:
-                if self.previous[0].shape == linear.weight.shape:
-                    linear.weight.copy_(self.previous[0])
-                    linear.bias.copy_(self.previous[1])
+            if previous is not None and previous[0].shape == linear.weight.shape:
+                linear.weight.copy_(previous[0])
+                linear.bias.copy_(previous[1])
             else:
                 linear.weight.zero_()
                 linear.bias.zero_()
