@@ -142,6 +142,12 @@ class JEPAConfig:
     ema: tuple[float, float] = (0.996, 1.0)
     ema_schedule: str = "linear"
     loss: str = "smooth_l1"
+    # Regression targets: the mean of the layer-normed outputs of the target encoder's last
+    # N blocks (1: its final output, the official target; >1 as in data2vec).
+    target_last_blocks: int = 1
+    # Weight of a variance-covariance penalty (VICReg's, as C-JEPA adds it) on the context
+    # encoder's average-pooled output; 0 turns it off (official).
+    vc_weight: float = 0.0
     max_steps: int | None = None  # stop early after this many optimizer steps
 
     # ---- runtime --------------------------------------------------------------
@@ -296,6 +302,10 @@ class JEPAConfig:
                 raise ConfigError(
                     f"{whole}={getattr(self, whole)} is not a multiple of {part}={getattr(self, part)}"
                 )
+        if self.target_last_blocks > self.depth:
+            raise ConfigError(
+                f"target_last_blocks={self.target_last_blocks} exceeds depth={self.depth}"
+            )
         if self.probe_last_blocks > self.depth:
             raise ConfigError(
                 f"probe_last_blocks={self.probe_last_blocks} exceeds depth={self.depth}"
@@ -319,7 +329,7 @@ class JEPAConfig:
                 f"lr must be > 0 and start_lr, min_lr >= 0 (lr={self.lr}, "
                 f"start_lr={self.start_lr}, min_lr={self.min_lr})"
             )
-        for name in ("warmup_epochs", "weight_decay", "drop_path_rate"):
+        for name in ("warmup_epochs", "weight_decay", "drop_path_rate", "vc_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_upload_timeout_s < 0:
@@ -496,6 +506,7 @@ _POSITIVE_INTS = (
     "diagnostics_every",
     "checkpoint_every",
     "probe_last_blocks",
+    "target_last_blocks",
 )
 
 

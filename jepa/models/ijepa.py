@@ -55,19 +55,46 @@ class _Runners:
     ddp: tuple[DistributedDataParallel, ...] = ()
 
 
+def variance_covariance(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg's variance and covariance terms of embeddings `z (B, D)`, a 0-d tensor.
+
+    Variance: the mean hinge `max(0, 1 - std)` of each dimension over the batch, which keeps
+    every dimension in use; covariance: the squared off-diagonal entries of the covariance
+    matrix over `D`, which decorrelates the dimensions (Bardes et al. 2022).
+    """
+    z = z.float()
+    z = z - z.mean(0)
+    std = torch.sqrt(z.var(0) + eps)
+    cov = (z.T @ z) / max(z.size(0) - 1, 1)
+    off_diagonal = cov.square().sum() - cov.diagonal().square().sum()
+    return F.relu(1.0 - std).mean() + off_diagonal / z.size(1)
+
+
 class IJEPA(nn.Module):
     """Context encoder, predictor and EMA target encoder, with the I-JEPA objective."""
 
     def __init__(
-        self, encoder: VisionTransformer, predictor: VisionTransformerPredictor, loss: str
+        self,
+        encoder: VisionTransformer,
+        predictor: VisionTransformerPredictor,
+        loss: str,
+        *,
+        target_last_blocks: int = 1,
+        vc_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r} is not one of {', '.join(map(repr, LOSSES))}")
+        if not 1 <= target_last_blocks <= len(encoder.blocks):
+            raise ValueError(
+                f"target_last_blocks={target_last_blocks} is not in 1..{len(encoder.blocks)}"
+            )
         self.encoder = encoder
         self.predictor = predictor
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.loss_name = loss
+        self.target_last_blocks = target_last_blocks
+        self.vc_weight = vc_weight
         self.runners = _Runners(encoder, predictor, self.target_encoder)
 
     @classmethod
@@ -75,7 +102,13 @@ class IJEPA(nn.Module):
         """The networks a `JEPAConfig` describes, initialised from `cfg.seed` (the same
         weights on every rank)."""
         torch.manual_seed(cfg.seed)
-        return cls(build_encoder(cfg), build_predictor(cfg), cfg.loss)
+        return cls(
+            build_encoder(cfg),
+            build_predictor(cfg),
+            cfg.loss,
+            target_last_blocks=cfg.target_last_blocks,
+            vc_weight=cfg.vc_weight,
+        )
 
     # ---- the objective ----------------------------------------------------------------------
 
@@ -84,9 +117,14 @@ class IJEPA(nn.Module):
         self, images: torch.Tensor, masks_target: Sequence[torch.Tensor], num_context: int
     ) -> torch.Tensor:
         """Regression targets `(M_tgt*M_ctx*B, K_tgt, D)`: the target encoder's layer-normed
-        tokens at each target block, repeated once per context block."""
-        h = self.runners.target_encoder(images)
-        h = F.layer_norm(h, (h.size(-1),))
+        tokens at each target block, repeated once per context block. With
+        `target_last_blocks > 1`, the mean of the last blocks' layer-normed outputs."""
+        if self.target_last_blocks == 1:
+            h = self.runners.target_encoder(images)
+            h = F.layer_norm(h, (h.size(-1),))
+        else:
+            kept = self.target_encoder.block_outputs(images, self.target_last_blocks)
+            h = torch.stack([F.layer_norm(x, (x.size(-1),)) for x in kept]).mean(0)
         h = apply_masks(h, masks_target)
         return repeat_interleave_batch(h, images.size(0), num_context)
 
@@ -95,10 +133,11 @@ class IJEPA(nn.Module):
         images: torch.Tensor,
         masks_context: Sequence[torch.Tensor],
         masks_target: Sequence[torch.Tensor],
-    ) -> torch.Tensor:
-        """Predictions `(M_tgt*M_ctx*B, K_tgt, D)` of the target tokens from the context."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions `(M_tgt*M_ctx*B, K_tgt, D)` of the target tokens from the context,
+        and the context encoder's tokens `(M_ctx*B, K_ctx, D)`."""
         z = self.runners.encoder(images, masks_context)
-        return self.runners.predictor(z, masks_context, masks_target)
+        return self.runners.predictor(z, masks_context, masks_target), z
 
     def forward(
         self,
@@ -111,8 +150,10 @@ class IJEPA(nn.Module):
         images `(B, C, H, W)`; masks: lists of `(B, K)` patch-index tensors.
         """
         targets = self.forward_target(images, masks_target, len(masks_context))
-        predictions = self.forward_context(images, masks_context, masks_target)
+        predictions, context = self.forward_context(images, masks_context, masks_target)
         loss = LOSSES[self.loss_name](predictions, targets.to(predictions.dtype))
+        if self.vc_weight:
+            loss = loss + self.vc_weight * variance_covariance(context.mean(1))
         return loss, predictions.detach()
 
     @torch.no_grad()

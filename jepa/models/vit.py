@@ -280,6 +280,13 @@ class VisionTransformer(nn.Module):
         x, _ = run_blocks(self.blocks, x, gradient_checkpointing=self.gradient_checkpointing)
         return self.norm(x)
 
+    def block_outputs(self, x: torch.Tensor, num_last_blocks: int) -> list[torch.Tensor]:
+        """Images `(B, C, H, W)` → the last `num_last_blocks` blocks' outputs, each
+        `(B, N, D)`, before any normalisation."""
+        x = self.embed(x)
+        _, kept = run_blocks(self.blocks, x, keep=num_last_blocks)
+        return kept
+
     def forward_features(self, x: torch.Tensor, num_last_blocks: int = 1) -> torch.Tensor:
         """Average-pooled features for evaluation.
 

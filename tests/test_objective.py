@@ -1,0 +1,83 @@
+"""The I-JEPA objective's options: multi-block regression targets and the VC penalty."""
+
+import pytest
+import torch
+from tiny import tiny_config
+
+from jepa.config import ConfigError
+from jepa.masks import build_collator
+from jepa.models import IJEPA
+from jepa.models.ijepa import variance_covariance
+
+
+def tiny_cfg(**kw):
+    base = dict(embed_dim=48, num_heads=3, pred_embed_dim=24, pred_depth=2, pred_num_heads=3)
+    return tiny_config(**{**base, **kw})
+
+
+def batch(cfg, n=4):
+    samples = [(torch.randn(1, 28, 28), 0, i) for i in range(n)]
+    return build_collator(cfg)(samples)
+
+
+def silence_residual_branches(model: IJEPA) -> None:
+    """Every block becomes the identity: its output is its input."""
+    with torch.no_grad():
+        for blk in model.target_encoder.blocks:
+            for linear in (blk.attn.proj, blk.mlp.fc2):
+                linear.weight.zero_()
+                linear.bias.zero_()
+
+
+def test_targets_from_several_blocks_average_their_layer_norms():
+    cfg = tiny_cfg(depth=3)
+    b = batch(cfg)
+    one = IJEPA.from_config(cfg)
+    three = IJEPA.from_config(cfg.replace(target_last_blocks=3))
+    three.load_state_dict(one.state_dict())
+    t1 = one.forward_target(b.images, b.masks_pred, 1)
+    t3 = three.forward_target(b.images, b.masks_pred, 1)
+    assert t1.shape == t3.shape and not torch.allclose(t1, t3)
+    # With identity blocks every block emits the same tokens, so the mean of their layer
+    # norms is the single block's (the final norm starts as the identity too).
+    for model in (one, three):
+        silence_residual_branches(model)
+    torch.testing.assert_close(
+        three.forward_target(b.images, b.masks_pred, 1),
+        one.forward_target(b.images, b.masks_pred, 1),
+        atol=1e-4,  # the single-block target goes through the final norm's eps once more
+        rtol=1e-4,
+    )
+
+
+def test_variance_covariance_is_zero_for_whitened_and_high_for_collapsed_embeddings():
+    white = torch.randn(4096, 8, generator=torch.Generator().manual_seed(0)) * 1.5
+    assert variance_covariance(white) < 0.05
+    collapsed = torch.ones(64, 8)
+    assert variance_covariance(collapsed) == pytest.approx(1.0 - 1e-2, abs=1e-3)
+    correlated = torch.randn(512, 1).expand(512, 8) * 2  # std 2: only the covariance term
+    assert variance_covariance(correlated) > 10
+
+
+def test_vc_weight_adds_the_penalty_and_every_parameter_still_learns():
+    cfg = tiny_cfg()
+    b = batch(cfg)
+    plain = IJEPA.from_config(cfg)
+    regularised = IJEPA.from_config(cfg.replace(vc_weight=0.5))
+    regularised.load_state_dict(plain.state_dict())
+    loss_plain, _ = plain(b.images, b.masks_enc, b.masks_pred)
+    loss_vc, _ = regularised(b.images, b.masks_enc, b.masks_pred)
+    context = plain.encoder(b.images, b.masks_enc).mean(1)
+    expected = loss_plain + 0.5 * variance_covariance(context)
+    torch.testing.assert_close(loss_vc, expected)
+    loss_vc.backward()
+    for name, p in regularised.trainable():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in regularised.target_encoder.parameters())
+
+
+def test_objective_options_are_checked():
+    with pytest.raises(ConfigError, match="target_last_blocks=5 exceeds depth"):
+        tiny_cfg(depth=4, target_last_blocks=5)
+    with pytest.raises(ConfigError, match="vc_weight must be >= 0"):
+        tiny_cfg(vc_weight=-1.0)
