@@ -127,6 +127,9 @@ class JEPAConfig:
     aspect_ratio: tuple[float, float] = (0.75, 1.5)
     min_keep: int = 10
     allow_overlap: bool = False
+    # Same token counts every step (multiblock): each context keeps exactly min_keep
+    # patches, each target block its smallest possible area (jepa.masks); for compile.
+    fixed_token_counts: bool = False
 
     # ---- optimisation ---------------------------------------------------------
     batch_size: int = 64  # global batch per optimizer micro-step, split across ranks

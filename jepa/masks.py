@@ -24,6 +24,7 @@ epoch they were started with).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,7 +45,7 @@ Shapes = tuple[tuple[int, int], tuple[int, int]]  # (target (h, w), context (h, 
 MAX_RESAMPLES = 20
 
 # Independent random streams of the hash RNG.
-_STREAM_BATCH, _STREAM_BLOCKS, _STREAM_KEEP, _STREAM_RANDOM = range(4)
+_STREAM_BATCH, _STREAM_BLOCKS, _STREAM_KEEP, _STREAM_RANDOM, _STREAM_TARGET = range(5)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -197,6 +198,13 @@ class MultiBlockMaskCollator:
     most `MAX_RESAMPLES` times); if some still fail, the batch's target blocks are shrunk
     one row or column at a time, which always succeeds because `min_keep` is clamped (with
     a warning) to what the smallest context block keeps around 1x1 targets.
+
+    With `fixed_counts`, every batch has the same shapes (`num_context_tokens`,
+    `num_target_tokens`), so compiled graphs and CUDA graphs are built once: each context
+    keeps exactly `min_keep` patches, chosen at random among its own (rather than the
+    batch's smallest count), and each target block keeps the smallest block area its scale
+    and aspect ranges allow, chosen at random among the block's patches. This changes the
+    objective slightly (fewer target tokens per block on some batches), so it is an option.
     """
 
     def __init__(
@@ -210,6 +218,7 @@ class MultiBlockMaskCollator:
         aspect_ratio: tuple[float, float] = (0.75, 1.5),
         min_keep: int = 10,
         allow_overlap: bool = False,
+        fixed_counts: bool = False,
         seed: int = 0,
     ) -> None:
         self.grid = _as_grid(grid_size)
@@ -229,6 +238,25 @@ class MultiBlockMaskCollator:
         self.seed = seed
         self.epoch = 0
         self.min_keep = self._feasible_min_keep(min_keep)
+        self.fixed_counts = fixed_counts
+
+    @property
+    def num_context_tokens(self) -> int | None:
+        """Patches in every context mask with `fixed_counts` (else None: per batch)."""
+        return self.min_keep if self.fixed_counts else None
+
+    @functools.cached_property
+    def num_target_tokens(self) -> int | None:
+        """Patches in every target mask with `fixed_counts`: the smallest block area over
+        the scale and aspect ranges (else None: per batch)."""
+        if not self.fixed_counts:
+            return None
+        lo, hi = np.log(self.aspect_ratio)
+        scale = self.pred_mask_scale[0]
+        return min(
+            math.prod(block_shape(scale, float(aspect), self.grid))
+            for aspect in np.exp(np.linspace(lo, hi, 129))
+        )
 
     # ---- setup ---------------------------------------------------------------------------
     def _feasible_min_keep(self, min_keep: int) -> int:
@@ -362,10 +390,29 @@ class MultiBlockMaskCollator:
         keys = hash_uniform(
             self.seed, self.epoch, idx[:, None, None], _STREAM_KEEP, mask_ids, patch_ids
         )
-        keep = int(context.sum(axis=-1).min())
+        keep = self.num_context_tokens or int(context.sum(axis=-1).min())
         masks_enc = subsample(context, keys, keep)
         masks_pred = _block_indices(t_pos, shapes[0], self.grid[1])
+        if self.fixed_counts:
+            masks_pred = self._fixed_targets(idx, masks_pred)
         return _to_long(masks_enc), _to_long(masks_pred)
+
+    def _fixed_targets(self, idx: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+        """Target blocks (B, M, h * w) cut to `num_target_tokens` random patches each.
+
+        A block that shrank below that count (the last-resort shrinking) repeats its
+        patches in turn, so the shapes still hold; a repeated patch weighs twice in the loss.
+        """
+        count = self.num_target_tokens
+        area = blocks.shape[-1]
+        if area < count:
+            return np.sort(blocks[..., np.arange(count) % area], axis=-1)
+        mask_ids = np.arange(self.num_pred_masks)[:, None]
+        keys = hash_uniform(
+            self.seed, self.epoch, idx[:, None, None], _STREAM_TARGET, mask_ids, np.arange(area)
+        )
+        chosen = subsample(np.ones(blocks.shape, dtype=bool), keys, count)
+        return np.take_along_axis(blocks, chosen, axis=-1)
 
     def __call__(self, samples: Sequence[Sample | None]) -> MaskedBatch:
         """Collate `(image (C, H, W), label, index)` samples; `None` samples are dropped."""
@@ -428,5 +475,6 @@ def build_collator(cfg: JEPAConfig) -> MultiBlockMaskCollator | RandomMaskCollat
         aspect_ratio=cfg.aspect_ratio,
         min_keep=cfg.min_keep,
         allow_overlap=cfg.allow_overlap,
+        fixed_counts=cfg.fixed_token_counts,
         seed=cfg.seed,
     )

@@ -356,3 +356,55 @@ def test_build_collator_from_config() -> None:
     random_collator = build_collator(cfg.replace(mask_strategy="random", mask_ratio=0.5))
     assert isinstance(random_collator, RandomMaskCollator)
     assert random_collator.num_context == round(0.5 * 49)
+
+
+# ---- fixed token counts -----------------------------------------------------------------
+@pytest.mark.parametrize("grid", [4, 7, 14])
+def test_fixed_counts_give_every_batch_the_same_shapes(grid: int) -> None:
+    min_keep = {4: 2, 7: 12, 14: 40}[grid]
+    collator = MultiBlockMaskCollator(grid, min_keep=min_keep, fixed_counts=True)
+    free = MultiBlockMaskCollator(grid, min_keep=min_keep)
+    assert collator.num_context_tokens == min_keep and free.num_context_tokens is None
+    shapes = set()
+    for (masks_enc, masks_pred), (_, free_pred) in zip(
+        _draw(collator, 40, 32), _draw(free, 40, 32), strict=True
+    ):
+        _check_valid(masks_enc, masks_pred, grid * grid, min_keep, disjoint=True)
+        shapes.add(tuple(m.shape for m in masks_enc + masks_pred))
+        # Each target is a random part of the block the free collator draws for it.
+        for kept, block in zip(masks_pred, free_pred, strict=True):
+            assert all(set(k.tolist()) <= set(b.tolist()) for k, b in zip(kept, block, strict=True))
+    count = collator.num_target_tokens
+    assert shapes == {((32, min_keep),) + ((32, count),) * 4}
+
+
+def test_fixed_target_count_is_the_smallest_block_area() -> None:
+    collator = MultiBlockMaskCollator(7, min_keep=4, fixed_counts=True)
+    areas = set()
+    for _, masks_pred in _draw(MultiBlockMaskCollator(7, min_keep=4), 200, 16):
+        areas.add(masks_pred[0].shape[1])
+    assert collator.num_target_tokens == min(areas)
+
+
+def test_fixed_counts_are_reproducible_and_keep_random_patches() -> None:
+    a = MultiBlockMaskCollator(7, min_keep=12, fixed_counts=True, seed=3)
+    b = MultiBlockMaskCollator(7, min_keep=12, fixed_counts=True, seed=3)
+    first, again = a.sample_masks(torch.arange(64)), b.sample_masks(torch.arange(64))
+    for x, y in zip(first[0] + first[1], again[0] + again[1], strict=True):
+        assert torch.equal(x, y)
+    # Kept target patches are not always the block's lowest raster indices.
+    free = MultiBlockMaskCollator(7, min_keep=12, seed=3).sample_masks(torch.arange(64))[1]
+    prefix = free[0][:, : first[1][0].shape[1]]
+    assert not torch.equal(first[1][0], prefix)
+
+
+def test_fixed_counts_survive_shrunk_targets() -> None:
+    # Contexts this large force the last-resort shrinking of the targets; shapes still hold.
+    collator = MultiBlockMaskCollator(
+        4, enc_mask_scale=(1.0, 1.0), pred_mask_scale=(0.5, 0.5), min_keep=10, fixed_counts=True
+    )
+    masks_enc, masks_pred = collator.sample_masks(torch.arange(16))
+    assert masks_enc[0].shape == (16, collator.num_context_tokens)
+    assert {m.shape for m in masks_pred} == {(16, collator.num_target_tokens)}
+    rows = masks_pred[0].tolist()
+    assert any(len(set(row)) < len(row) for row in rows), "the shrunk blocks repeat patches"
