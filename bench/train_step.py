@@ -9,7 +9,16 @@ masks (the collator's, keyed by sample index, a new batch of indices every step)
 - `jepa`: fused `scaled_dot_product_attention`, one `_foreach_lerp_` EMA update;
 - `jepa compiled` (`--compile`): the same under `torch.compile`;
 - `baseline`: attention written out as softmax(QK^T/sqrt(d))V and a per-parameter Python
-  EMA loop, as the official code does.
+  EMA loop, as the official code does;
+- `official` (`--official-src DIR`, a checkout of facebookresearch/ijepa): the official
+  code's own `VisionTransformer` and `VisionTransformerPredictor`, `apply_masks` and
+  `repeat_interleave_batch`, driven as its `train_step` does (smooth L1, AdamW, the
+  per-parameter momentum loop), on the same images and masks. Nothing of it is copied here:
+  it is imported from DIR at run time.
+
+`--split` also prints where a step of `jepa` spends its time: the target encoder's
+forward, the context encoder's and the predictor's forwards, the backward pass, and the
+optimizer step with the EMA update.
 
 The table gives, per variant and batch size, step time split into mask collation and
 model work, images/s, FLOPs per image (`torch.utils.flop_counter`, forward and backward),
@@ -60,6 +69,68 @@ def official_style():
     finally:
         vit.F.scaled_dot_product_attention = saved_attn
         ijepa.ema_update = saved_ema
+
+
+class OfficialModel:
+    """The official code's networks behind `IJEPA`'s interface (`bench --official-src`)."""
+
+    def __init__(self, cfg: JEPAConfig, src: str, device: torch.device) -> None:
+        import copy
+        import sys
+
+        sys.path.insert(0, src)
+        from src.masks.utils import apply_masks
+        from src.models.vision_transformer import VisionTransformer, VisionTransformerPredictor
+        from src.utils.tensors import repeat_interleave_batch
+
+        self.apply_masks, self.repeat = apply_masks, repeat_interleave_batch
+        torch.manual_seed(cfg.seed)
+        self.encoder = VisionTransformer(
+            img_size=[cfg.image_size],
+            patch_size=cfg.patch_size,
+            in_chans=cfg.in_chans,
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+        ).to(device)
+        self.predictor = VisionTransformerPredictor(
+            num_patches=cfg.grid_size**2,
+            embed_dim=cfg.embed_dim,
+            predictor_embed_dim=cfg.pred_embed_dim,
+            depth=cfg.pred_depth,
+            num_heads=cfg.pred_num_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+        ).to(device)
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+
+    def param_groups(self) -> list[dict]:
+        named = [*self.encoder.named_parameters(), *self.predictor.named_parameters()]
+        decay = [p for n, p in named if "bias" not in n and p.ndim != 1]
+        no_decay = [p for n, p in named if "bias" in n or p.ndim == 1]
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def step(self, images, masks_enc, masks_pred, optimizer, momentum: float) -> torch.Tensor:
+        """One optimizer step as the official `train_step` takes it."""
+        with torch.no_grad():
+            h = self.target_encoder(images)
+            h = F.layer_norm(h, (h.size(-1),))
+            h = self.apply_masks(h, masks_pred)
+            h = self.repeat(h, len(images), repeat=len(masks_enc))
+        z = self.encoder(images, masks_enc)
+        z = self.predictor(z, masks_enc, masks_pred)
+        loss = F.smooth_l1_loss(z, h)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for q, k in zip(
+                self.encoder.parameters(), self.target_encoder.parameters(), strict=True
+            ):
+                k.data.mul_(momentum).add_((1.0 - momentum) * q.detach().data)
+        return loss
 
 
 def load_config(args: argparse.Namespace) -> JEPAConfig:
@@ -116,10 +187,17 @@ def step_flops(cfg: JEPAConfig, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def run_variant(cfg: JEPAConfig, device: torch.device, steps: int, warmup: int) -> dict:
-    """Time `steps` optimizer steps after `warmup` untimed ones."""
-    model = IJEPA.from_config(cfg).to(device).wrap(distributed=False, compile=cfg.compile)
-    optimizer = build_optimizer(cfg, model, device)
+def run_variant(
+    cfg: JEPAConfig, device: torch.device, steps: int, warmup: int, official_src: str | None = None
+) -> dict:
+    """Time `steps` optimizer steps after `warmup` untimed ones (the official code's modules
+    when `official_src` is given)."""
+    if official_src:
+        official = OfficialModel(cfg, official_src, device)
+        optimizer = torch.optim.AdamW(official.param_groups(), lr=cfg.lr)
+    else:
+        model = IJEPA.from_config(cfg).to(device).wrap(distributed=False, compile=cfg.compile)
+        optimizer = build_optimizer(cfg, model, device)
     schedule = Schedule(cfg, steps_per_epoch=max(steps + warmup, 1))
     collator = build_collator(cfg)
     collate_ms, step_ms = [], []
@@ -130,7 +208,14 @@ def run_variant(cfg: JEPAConfig, device: torch.device, steps: int, warmup: int) 
         t0 = time.perf_counter()
         batch = collator(samples)
         t1 = time.perf_counter()
-        train_step(cfg, model, optimizer, [batch], schedule.at(i), device)
+        if official_src:
+            masks = (
+                [m.to(device) for m in batch.masks_enc],
+                [m.to(device) for m in batch.masks_pred],
+            )
+            official.step(batch.images.to(device), *masks, optimizer, schedule.at(i)["momentum"])
+        else:
+            train_step(cfg, model, optimizer, [batch], schedule.at(i), device)
         sync(device)
         t2 = time.perf_counter()
         if i >= warmup:
@@ -158,8 +243,9 @@ def time_in_rounds(variants: dict[str, JEPAConfig], device: torch.device, args) 
     for _ in range(args.rounds):
         for name, cfg in variants.items():
             style = official_style() if name == "baseline" else contextlib.nullcontext()
+            src = args.official_src if name == "official" else None
             with style:
-                rounds[name].append(run_variant(cfg, device, args.steps, args.warmup))
+                rounds[name].append(run_variant(cfg, device, args.steps, args.warmup, src))
     return {
         name: sorted(runs, key=lambda r: r["model_ms"])[len(runs) // 2]
         for name, runs in rounds.items()
@@ -194,6 +280,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline")
+    parser.add_argument(
+        "--official-src", help="a checkout of facebookresearch/ijepa: time its own modules too"
+    )
+    parser.add_argument("--split", action="store_true", help="print where a step's time goes")
     return parser.parse_args()
 
 
@@ -210,6 +300,53 @@ def print_table(rows: list[dict]) -> None:
             f"| {r['images_per_s']:.1f} | {r['gflop_per_image']:.3f} | {r['tflops']:.3f} "
             f"| {100 * r['mfu']:.1f}% | {r['peak_mb']:.0f} | {ratio} |"
         )
+
+
+def component_times(cfg: JEPAConfig, device: torch.device, steps: int, warmup: int) -> dict:
+    """Median milliseconds of each part of a `jepa` training step."""
+    model = IJEPA.from_config(cfg).to(device)
+    optimizer = build_optimizer(cfg, model, device)
+    collator = build_collator(cfg)
+    parts: dict[str, list[float]] = {}
+
+    def lap(name: str, start: float) -> float:
+        sync(device)
+        now = time.perf_counter()
+        parts.setdefault(name, []).append((now - start) * 1e3)
+        return now
+
+    for i in range(warmup + steps):
+        batch = collator(synthetic_samples(cfg, cfg.batch_size, i * cfg.batch_size))
+        images = batch.images.to(device)
+        m_ctx = [m.to(device) for m in batch.masks_enc]
+        m_tgt = [m.to(device) for m in batch.masks_pred]
+        with autocast(cfg.amp, device):
+            t = lap("(start)", time.perf_counter())
+            targets = model.forward_target(images, m_tgt, len(m_ctx))
+            t = lap("target encoder forward", t)
+            z = model.encoder(images, m_ctx)
+            t = lap("context encoder forward", t)
+            predictions = model.predictor(z, m_ctx, m_tgt)
+            loss = F.smooth_l1_loss(predictions, targets.to(predictions.dtype))
+            t = lap("predictor forward + loss", t)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t = lap("backward (context encoder + predictor)", t)
+        optimizer.step()
+        model.update_target(0.996)
+        lap("optimizer + EMA", t)
+    del parts["(start)"]
+    return {name: statistics.median(ms[warmup:]) for name, ms in parts.items()}
+
+
+def print_split(cfg: JEPAConfig, device: torch.device, steps: int, warmup: int) -> None:
+    times = component_times(cfg, device, steps, warmup)
+    total = sum(times.values())
+    print(f"where a `jepa` step (batch {cfg.batch_size}) spends its {total:.1f} ms:")
+    print("| part | ms | share |")
+    print("|---|---:|---:|")
+    for name, ms in times.items():
+        print(f"| {name} | {ms:.1f} | {100 * ms / total:.0f}% |")
 
 
 def main() -> None:
@@ -237,8 +374,12 @@ def main() -> None:
             variants["jepa compiled"] = cfg.replace(compile=True)
         if not args.no_baseline:
             variants["baseline"] = cfg
+        if args.official_src:
+            variants["official"] = cfg
         results = time_in_rounds(variants, device, args)
-        base = results.get("baseline")
+        if args.split:
+            print_split(cfg, device, args.steps, args.warmup)
+        base = results.get("official") or results.get("baseline")
         for name, r in results.items():
             seconds = (r["collate_ms"] + r["model_ms"]) / 1e3
             rows.append(
@@ -257,6 +398,7 @@ def main() -> None:
     if device.type != "cuda":
         print("(CPU peak memory is the process's maximum RSS so far, not per variant)")
     print(f"MFU is against the {peak_source} ({peak:.2f} TFLOP/s)")
+    print("vs baseline: the official code's step when --official-src is given, else `baseline`")
     print_table(rows)
     assert F.scaled_dot_product_attention is not naive_attention  # restored
 
