@@ -48,6 +48,7 @@ def run_arm(cfg: JEPAConfig, work: Path) -> dict:
         "gflop_per_image": round(flops / 1e9, 4),
         "train_tflop": round(flops * summary["steps"] * cfg.batch_size / 1e12, 2),
         "monitor_knn_top1": summary["monitor_knn_top1"],
+        "monitor_share": round(summary["monitor_share"], 4),
         "val_top1": round(metrics["val_top1"], 4),
         "top1": round(metrics["top1"], 4),
         "knn_top1": round(metrics["knn_top1"], 4),
