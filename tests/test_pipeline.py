@@ -48,7 +48,7 @@ def stage_paths(stage: dict) -> set[str]:
 def test_pretrain_tracks_every_training_field() -> None:
     """A parameter left out would let an experiment reuse another config's encoder."""
     params = set(dvc_yaml()["stages"]["pretrain"]["params"])
-    missing = set(JEPAConfig().training_fields()) | {"max_steps", "nproc"}
+    missing = set(JEPAConfig().training_fields()) | {"max_steps", "nproc", "nnodes"}
     assert missing - params == set()
 
 
