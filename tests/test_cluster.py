@@ -167,11 +167,14 @@ def workers(launcher: int) -> dict[int, int]:
     """{rank: pid} of the torchrun workers that are children of the process `launcher`."""
     found = {}
     for task in Path(f"/proc/{launcher}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            rank = next((v for v in environ if v.startswith(b"RANK=")), None)
-            if rank is not None:
-                found[int(rank[5:])] = int(pid)
+        try:  # a thread or a child may end while we read
+            for pid in (task / "children").read_text().split():
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                rank = next((v for v in environ if v.startswith(b"RANK=")), None)
+                if rank is not None:
+                    found[int(rank[5:])] = int(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
     return found
 
 
