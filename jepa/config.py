@@ -63,6 +63,7 @@ EMA_SCHEDULES = ("linear", "cosine")
 AMP_MODES = ("auto", "bf16", "none")
 PROBE_BACKENDS = ("lbfgs", "sklearn", "torch")
 CORRUPT_POLICIES = ("skip", "raise")
+RDZV_BACKENDS = ("c10d",)  # torchrun's dynamic rendezvous; no node ranks to hand out
 
 
 class ConfigError(ValueError):
@@ -172,6 +173,14 @@ class JEPAConfig:
     # Training images of the online kNN monitor (jepa/monitor.py): their kNN top-1 is
     # logged at the start and after every epoch; 0 turns it off.
     knn_monitor_images: int = 3000
+    # How the pipeline's pretrain stage launches torchrun (pipelines/torchrun.py); torchrun's
+    # PET_* variable of the same name wins when set (PET_NNODES, PET_RDZV_ENDPOINT, ...).
+    # nnodes 1 without rdzv_endpoint: `torchrun --standalone`, one node.
+    nnodes: int = 1
+    rdzv_backend: str = "c10d"
+    rdzv_endpoint: str | None = None  # host:port that every node reaches (node 0's)
+    rdzv_id: str | None = None  # the job's name, the same on every node
+    max_restarts: int = 0  # restarts of the worker group after a failure (README: Reliability)
 
     # ---- evaluation -----------------------------------------------------------
     eval: bool = False
@@ -288,6 +297,8 @@ class JEPAConfig:
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be >= 0, got {self.max_restarts}")
         if self.knn_monitor_images < 0:
             raise ConfigError(
                 f"knn_monitor_images must be >= 0 (0 turns the monitor off), "
@@ -471,6 +482,11 @@ RUNTIME_FIELDS = frozenset(
         "eval_batch_size",
         "max_steps",
         "gradient_checkpointing",
+        "nnodes",
+        "rdzv_backend",
+        "rdzv_endpoint",
+        "rdzv_id",
+        "max_restarts",
     }
 )
 
@@ -485,6 +501,7 @@ CHOICES = {  # the allowed values of the string fields (the CLI lists them too)
     "amp": AMP_MODES,
     "probe_backend": PROBE_BACKENDS,
     "corrupt_images": CORRUPT_POLICIES,
+    "rdzv_backend": RDZV_BACKENDS,
 }
 
 _POSITIVE_INTS = (
@@ -510,6 +527,7 @@ _POSITIVE_INTS = (
     "checkpoint_every",
     "probe_last_blocks",
     "target_last_blocks",
+    "nnodes",
 )
 
 

@@ -65,14 +65,40 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = attempt_store(rank, world_size, timeout)
         dist.init_process_group(
             backend=backend,
-            init_method="env://",
+            init_method=None if store is not None else "env://",
+            store=store,
             rank=rank,
             world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=timeout,
         )
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun, the rendezvous store of this attempt of the worker group: torchrun's
+    store with a prefix per restart (`TORCHELASTIC_RESTART_COUNT`); None without torchrun.
+
+    torchrun keeps one store across the restarts of a group (torch 2.14, c10d rendezvous)
+    and `env://` adds no prefix, so a restarted group could read the dead group's addresses
+    and fail with "Gloo connectFullMesh failed ... Connection refused", depending on which
+    rank writes first.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_serves,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"jepa/attempt_{attempt}", store)
 
 
 def cleanup_distributed() -> None:

@@ -1,6 +1,6 @@
 """Stage `pretrain`: I-JEPA pretraining (`jepa.train.pretrain`), under torchrun.
 
-    python -m pipelines.torchrun --standalone --nproc_per_node N -m pipelines.pretrain \
+    python -m pipelines.torchrun --params params.yaml -m pipelines.pretrain \
         --params params.yaml --manifest data/manifest.json --out pretrain \
         --live pretrain/dvclive --metrics metrics/train.json
 

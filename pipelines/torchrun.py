@@ -1,7 +1,14 @@
-"""`torchrun` for the stages: the same launcher and arguments, with a failed worker
-reported in one line instead of torchrun's traceback.
+"""`torchrun` for the stages: the same launcher, with its launch settings read from
+params.yaml, and a failed worker reported in one line instead of torchrun's traceback.
 
-    python -m pipelines.torchrun --standalone --nproc_per_node N -m pipelines.pretrain ...
+    python -m pipelines.torchrun --params params.yaml -m pipelines.pretrain ...
+
+`--params FILE` first (optional) turns the launch keys of FILE into torchrun's options:
+`nproc` → `--nproc_per_node`, and `nnodes`, `rdzv_backend`, `rdzv_endpoint`, `rdzv_id`,
+`max_restarts` → the options of those names. One rule: a torchrun `PET_*` variable that is
+set (`PET_NNODES`, `PET_RDZV_ENDPOINT`, ...; a cluster's job template sets them) wins over
+the key, so the option is left out and torchrun reads the variable. With one node and no
+rendezvous endpoint the launch is `--standalone`. The rest of the command line is torchrun's.
 
 A worker that fails has already said why (a stage main prints one `error:` line,
 `pipelines.common.run_main`); torchrun would follow it with the traceback of its own
@@ -12,16 +19,61 @@ ties them to it. The exit status is the failed worker's (128 + N for signal N).
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+from jepa.config import ConfigError, load_params
+
+RENDEZVOUS = ("rdzv_backend", "rdzv_endpoint", "rdzv_id")
+
+
+def launch_options(params: str, environ: Mapping[str, str]) -> list[str]:
+    """torchrun's options from the launch keys of the params file `params`, leaving out
+    each one whose `PET_*` variable is set in `environ` (torchrun reads that instead)."""
+    cfg, pipeline = load_params(params)
+    settings = {
+        "nproc_per_node": pipeline.get("nproc", 1),
+        "nnodes": cfg.nnodes,
+        **{key: getattr(cfg, key) for key in RENDEZVOUS},
+        "max_restarts": cfg.max_restarts,
+    }
+    nnodes = environ.get("PET_NNODES", str(cfg.nnodes))
+    endpoint = environ.get("PET_RDZV_ENDPOINT", cfg.rdzv_endpoint)
+    standalone = nnodes in ("1", "1:1") and not endpoint
+    if not standalone and not endpoint:
+        raise ConfigError(
+            f"nnodes={nnodes} needs a rendezvous: set rdzv_endpoint (host:port of node 0) "
+            "in params, or PET_RDZV_ENDPOINT"
+        )
+    options = ["--standalone"] if standalone else []
+    for key, value in settings.items():
+        skip = standalone and key in RENDEZVOUS  # --standalone makes its own rendezvous
+        if f"PET_{key.upper()}" not in environ and value is not None and not skip:
+            options += [f"--{key}", str(value)]
+    return options
+
+
+def torchrun_args(argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """torchrun's command line for ours: `--params FILE` first becomes `launch_options`."""
+    if argv[:1] != ["--params"]:
+        return list(argv)
+    if len(argv) < 2:
+        raise ConfigError("--params needs the params file (params.yaml)")
+    return [*launch_options(argv[1], environ), *argv[2:]]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Launch as `torchrun argv` does; return the exit status."""
-    args = torchrun.parse_args(list(sys.argv[1:] if argv is None else argv))
+    """Launch as `torchrun` would with our command line; return the exit status."""
+    try:
+        options = torchrun_args(sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args = torchrun.parse_args(options)
     try:
         torchrun.run(args)
     except ChildFailedError as err:

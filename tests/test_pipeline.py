@@ -48,7 +48,7 @@ def stage_paths(stage: dict) -> set[str]:
 def test_pretrain_tracks_every_training_field() -> None:
     """A parameter left out would let an experiment reuse another config's encoder."""
     params = set(dvc_yaml()["stages"]["pretrain"]["params"])
-    missing = set(JEPAConfig().training_fields()) | {"max_steps", "nproc"}
+    missing = set(JEPAConfig().training_fields()) | {"max_steps", "nproc", "nnodes"}
     assert missing - params == set()
 
 
@@ -269,20 +269,70 @@ def test_pretrain_stage_resumes_its_own_run_and_never_another(
     assert fresh["config_hash"] == resumed["config_hash"]
 
 
-@pytest.mark.slow
-def test_an_interrupted_dvc_exp_run_resumes_when_run_again(
-    tmp_path: Path, tiny_fmnist: Path
-) -> None:
-    """`dvc exp run` restores the workspace's outputs from the last commit before it runs; the
-    checkpoint lives in the run store, so the rerun resumes instead of starting at step 0."""
-    store = tmp_path / "runs"
-    overrides = [*TINY, f"root_path={tiny_fmnist}", f"run_store={store}"]
-    repo = make_repo(tmp_path / "repo", overrides)
+@pytest.fixture(scope="module")
+def pretrained_repo(tmp_path_factory: pytest.TempPathFactory, tiny_fmnist: Path) -> Path:
+    """A tiny repository whose pretrain stage ran and was committed, built once per module;
+    tests work on copies (`repo_copy`)."""
+    base = tmp_path_factory.mktemp("pretrained")
+    repo = make_repo(base / "repo", [*TINY, f"root_path={tiny_fmnist}", f"run_store={base}/runs"])
     dvc(repo, "repro", "pretrain")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "first run")
-    command = ["exp", "run", "pretrain", *(a for o in [*overrides, "lr=5e-3"] for a in ("-S", o))]
-    crash = {**tool_env(), "JEPA_CRASH_AT_STEP": "6", "JEPA_CRASH_ONCE_FILE": str(tmp_path / "x")}
+    return repo
+
+
+@pytest.fixture
+def repo_copy(pretrained_repo: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(pretrained_repo, tmp_path / "repo", symlinks=True))
+
+
+def interrupted_overrides(data: Path, store: Path) -> list[str]:
+    """The -S overrides of the interrupted experiments: `lr=5e-3`, its own run store."""
+    return [*TINY, f"root_path={data}", f"run_store={store}", "lr=5e-3"]
+
+
+def encoder_weights(encoder_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(encoder_dir / "encoder.safetensors")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_encoder(
+    pretrained_repo: Path, tiny_fmnist: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    """The encoder of the interrupted experiments' config, trained without a crash."""
+    work = tmp_path_factory.mktemp("uninterrupted")
+    shutil.copy2(pretrained_repo / "data" / "manifest.json", work / "manifest.json")
+    write_params(work, interrupted_overrides(tiny_fmnist, work / "runs"))
+    pretrain_stage(work)
+    return encoder_weights(work / "pretrain" / "encoder")
+
+
+def assert_same_encoder(encoder_dir: Path, expected: dict) -> None:
+    import torch
+
+    weights = encoder_weights(encoder_dir)
+    assert weights.keys() == expected.keys() and weights
+    assert all(torch.equal(weights[k], expected[k]) for k in weights)
+
+
+def crash_env(marker: Path) -> dict[str, str]:
+    """The tools' environment with the crash hook armed: killed after step 6, once
+    (the last checkpoint before it is step 4's)."""
+    return {**tool_env(), "JEPA_CRASH_AT_STEP": "6", "JEPA_CRASH_ONCE_FILE": str(marker)}
+
+
+@pytest.mark.slow
+def test_an_interrupted_dvc_exp_run_resumes_when_run_again(
+    repo_copy: Path, tmp_path: Path, tiny_fmnist: Path, uninterrupted_encoder: dict
+) -> None:
+    """`dvc exp run` restores the workspace's outputs from the last commit before it runs; the
+    checkpoint lives in the run store, so the rerun resumes instead of starting at step 0."""
+    repo, store = repo_copy, tmp_path / "runs"
+    overrides = interrupted_overrides(tiny_fmnist, store)
+    command = ["exp", "run", "pretrain", *(a for o in overrides for a in ("-S", o))]
+    crash = crash_env(tmp_path / "x")
     with pytest.raises(StorageError):  # killed after step 6; the last checkpoint is step 4
         run_dvc(command, cwd=repo, env=crash, timeout=DVC_TIMEOUT_S)
     (state,) = state_dirs(store)
@@ -293,6 +343,7 @@ def test_an_interrupted_dvc_exp_run_resumes_when_run_again(
     rows = [json.loads(line) for line in (repo / "pretrain" / "metrics.jsonl").open()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
     assert state_dirs(store) == []
+    assert_same_encoder(repo / "pretrain" / "encoder", uninterrupted_encoder)
 
 
 def wait_for_queue(repo: Path, timeout_s: float = DVC_TIMEOUT_S) -> str:
@@ -306,6 +357,55 @@ def wait_for_queue(repo: Path, timeout_s: float = DVC_TIMEOUT_S) -> str:
             return status
         assert time.monotonic() < deadline, status
         time.sleep(2)
+
+
+def queue_tasks(repo: Path) -> list[tuple[str, str, str]]:
+    """(task, experiment name, status) of each row of `dvc queue status`."""
+    rows = dvc(repo, "queue", "status").stdout.splitlines()
+    states = ("Queued", "Running", "Success", "Failed")
+    return [
+        (*row.split()[:2], next(s for s in states if s in row))
+        for row in rows
+        if any(s in row for s in states)
+    ]
+
+
+@pytest.mark.slow
+def test_an_interrupted_queued_experiment_resumes_when_queued_again(
+    repo_copy: Path, tmp_path: Path, tiny_fmnist: Path, uninterrupted_encoder: dict
+) -> None:
+    """`dvc exp run --queue` + `dvc queue start`, killed mid-pretraining, then the same two
+    commands again: the queued run (in DVC's temporary copy of the repo) resumes at the last
+    checkpoint's step and ends with the uninterrupted run's encoder."""
+    from jepa import checkpoint as ckpt
+
+    repo, store = repo_copy, tmp_path / "runs"
+    sets = [a for o in interrupted_overrides(tiny_fmnist, store) for a in ("-S", o)]
+    crash = crash_env(tmp_path / "x")
+
+    def queue_and_run() -> None:
+        run_dvc(["exp", "run", "--queue", "pretrain", *sets], cwd=repo, env=crash)
+        run_dvc(["queue", "start"], cwd=repo, env=crash)
+        wait_for_queue(repo)
+
+    queue_and_run()
+    (state,) = state_dirs(store)
+    assert ckpt.load_checkpoint(state / "latest.pt")["step"] == 4
+    queue_and_run()  # the same commands again
+    assert (tmp_path / "x").read_text() == "6"  # the first round crashed after step 6
+    tasks = queue_tasks(repo)
+    assert [status for *_, status in tasks].count("Failed") == 1, tasks
+    ((done, name),) = [(task, name) for task, name, status in tasks if status == "Success"]
+    log = dvc(repo, "queue", "logs", done).stdout
+    assert "resuming: checkpoint" in log and "at step 4" in log, log[-3000:]
+    assert state_dirs(store) == []
+    # The experiment ran pretrain only: check out that stage's outputs from its commit.
+    dvc(repo, "exp", "branch", name, "resumed")
+    git(repo, "checkout", "-q", "resumed", "--", "dvc.lock")
+    dvc(repo, "checkout", "--force", "pretrain")
+    rows = [json.loads(line) for line in (repo / "pretrain" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert_same_encoder(repo / "pretrain" / "encoder", uninterrupted_encoder)
 
 
 @pytest.mark.slow

@@ -196,18 +196,20 @@ def test_gpu_job_template_requests_gpus_and_sets_up_torchrun_rendezvous(tmp_path
     assert env["PET_RDZV_ENDPOINT"] == f"$(JOB_NAME)-0.{pod['subdomain']}:29400"
     assert "{{" not in json.dumps(job)
 
-    # Pod 0 runs the worker's command; the others join the rendezvous with torchrun.
+    # Pod 0 runs the worker's command; the others join the rendezvous with the pretrain
+    # stage's own command (README: several nodes), its launch settings from PET_*.
+    assert env["PET_NPROC_PER_NODE"] == "gpu" and env["PET_MAX_RESTARTS"] == "0"
+    import yaml
+
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["pretrain"]["cmd"]
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "torchrun").write_text('#!/bin/sh\necho "torchrun $*"\n')
-    (fake_bin / "torchrun").chmod(0o755)
-    for index, expected in (
-        ("0", "flow run"),
-        ("1", "torchrun --nproc_per_node gpu -m pipelines.pretrain"),
-    ):
+    (fake_bin / "python").write_text('#!/bin/sh\necho "python $*"\n')
+    (fake_bin / "python").chmod(0o755)
+    for index, expected in (("0", "flow run"), ("1", stage)):
         out = subprocess.run(
             [*container["command"], "echo", "flow", "run"],
             env={"PATH": f"{fake_bin}:/usr/bin:/bin", "JOB_COMPLETION_INDEX": index},
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-        assert out.startswith(expected), (index, out)
+        assert out.strip() == expected, (index, out)
