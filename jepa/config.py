@@ -375,8 +375,17 @@ class JEPAConfig:
         ).hexdigest()[:16]
 
     def training_fields(self) -> dict[str, Any]:
-        """The subset of fields that `training_hash` covers."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """The subset of fields that `training_hash` covers.
+
+        A training field added later is left out while it has the value that keeps the
+        earlier behaviour (`LATER_TRAINING_FIELDS`), so runs and checkpoints from before it
+        existed keep their hash and stay resumable.
+        """
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RUNTIME_FIELDS and LATER_TRAINING_FIELDS.get(k, _NEVER) != v
+        }
 
 
 def model_sizes_filled(model: Any, given: typing.Collection[str] = ()) -> dict[str, int]:
@@ -489,6 +498,15 @@ RUNTIME_FIELDS = frozenset(
         "max_restarts",
     }
 )
+
+# Training fields added after checkpoints were first written -> the value that trains as
+# before they existed (JEPAConfig.training_fields leaves them out of the hash at that value).
+LATER_TRAINING_FIELDS: dict[str, Any] = {
+    "target_last_blocks": 1,
+    "vc_weight": 0.0,
+    "fixed_token_counts": False,
+}
+_NEVER = object()
 
 _FIELD_TYPES: dict[str, Any] = typing.get_type_hints(JEPAConfig)
 _SIZE_DEFAULTS = {f.name: f.default for f in fields(JEPAConfig) if f.name in SIZE_KEYS}

@@ -9,7 +9,14 @@ import pytest
 import yaml
 
 from jepa import config
-from jepa.config import MODEL_SIZES, ConfigError, JEPAConfig, load_params, preset_names
+from jepa.config import (
+    LATER_TRAINING_FIELDS,
+    MODEL_SIZES,
+    ConfigError,
+    JEPAConfig,
+    load_params,
+    preset_names,
+)
 
 
 def test_seed_defaults():
@@ -169,6 +176,15 @@ def test_training_hash_ignores_runtime_fields_only():
     )
     assert cfg.replace(lr=2e-4).training_hash() != cfg.training_hash()
     assert cfg.replace(seed=1).training_hash() != cfg.training_hash()
+
+
+def test_fields_added_later_keep_earlier_hashes_at_their_old_behaviour():
+    cfg = JEPAConfig.preset("fmnist_w192")
+    assert not LATER_TRAINING_FIELDS.keys() & cfg.training_fields().keys()
+    for key, value in (("target_last_blocks", 2), ("vc_weight", 0.1), ("fixed_token_counts", True)):
+        changed = cfg.replace(**{key: value})
+        assert changed.training_fields()[key] == value
+        assert changed.training_hash() != cfg.training_hash()
 
 
 def test_to_dict_round_trips():
