@@ -116,6 +116,17 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def value_range(value: int) -> tuple[int, int]:
+    """`(min, max)` of an integer over ranks (`(value, value)` in a single process)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value, value
+    both = torch.tensor([-value, value], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        both = both.cuda()
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    return -int(both[0]), int(both[1])
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

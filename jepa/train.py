@@ -42,6 +42,7 @@ from jepa.distributed import (
     barrier,
     cleanup_distributed,
     init_distributed,
+    value_range,
 )
 from jepa.export import export_encoder
 from jepa.io import DiskFullError, write_json
@@ -323,9 +324,12 @@ def restore(run: Run) -> list[dict]:
     barrier()
     if not run.env.is_main:
         decision = decide_resume(files, resume=cfg.resume, config_hash=cfg.training_hash())
-    if decision.checkpoint is None:
+    state = None
+    if decision.checkpoint is not None:
+        state = ckpt.load_checkpoint(decision.checkpoint, cfg=cfg, map_location=run.env.device)
+    check_same_start(int(state["step"]) if state else 0, files)
+    if state is None:
         return []
-    state = ckpt.load_checkpoint(decision.checkpoint, cfg=cfg, map_location=run.env.device)
     for name, network in run.model.networks().items():
         network.load_state_dict(state[name])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -333,6 +337,18 @@ def restore(run: Run) -> list[dict]:
     run.step = run.last_read_step = int(state["step"])
     log.info("resumed from %s at step %d (epoch %d)", decision.checkpoint, run.step, run.epoch)
     return list(state["extra"].get("log", []))
+
+
+def check_same_start(step: int, files: RunFiles) -> None:
+    """Fail on every rank if the ranks would start at different steps: a node whose state
+    directory lacks the checkpoint that rank 0 resumes from would silently train apart."""
+    first, last = value_range(step)
+    if first != last:
+        raise RuntimeError(
+            f"the ranks found different checkpoints in their state directories (steps {first} "
+            f"to {last}; this rank's {files.checkpoint} is at step {step}). On several nodes "
+            f"the state directory (run_store) must be one volume that every node sees."
+        )
 
 
 def save_state(run: Run) -> None:

@@ -240,3 +240,34 @@ def test_the_pretrain_stage_runs_on_two_nodes(tmp_path: Path, tiny_fmnist: Path)
     assert summary["world_size"] == 2 and summary["steps"] == summary["total_steps"]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["pretrain"]["params"]["params.yaml"]["nnodes"] == 2
+
+
+def _start_at(rank: int, world_size: int, store_file: str, steps: list[int], out: str) -> None:
+    import torch.distributed as dist
+
+    from jepa.runs import RunFiles
+    from jepa.train import check_same_start
+
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(store_file, world_size), rank=rank, world_size=world_size
+    )
+    try:
+        check_same_start(steps[rank], RunFiles(Path(out) / str(rank)))
+        Path(out, f"ok{rank}").write_text("ok")
+    except RuntimeError as err:
+        Path(out, f"error{rank}").write_text(str(err))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("steps", [[4, 4], [4, 0]])
+def test_ranks_that_would_start_at_different_steps_all_stop(tmp_path: Path, steps) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_start_at, args=(2, str(tmp_path / "store"), steps, str(tmp_path)), nprocs=2)
+    if steps[0] == steps[1]:
+        assert {p.name for p in tmp_path.glob("ok*")} == {"ok0", "ok1"}
+        return
+    errors = [(tmp_path / f"error{rank}").read_text() for rank in (0, 1)]
+    for error in errors:
+        assert "steps 0 to 4" in error and "run_store" in error
