@@ -172,7 +172,7 @@ class JEPAConfig:
     progress: bool = True
     # Training images of the online kNN monitor (jepa/monitor.py): their kNN top-1 is
     # logged at the start and after every epoch; 0 turns it off.
-    knn_monitor_images: int = 3000
+    knn_monitor_images: int = 2000
     # How the pipeline's pretrain stage launches torchrun (pipelines/torchrun.py); torchrun's
     # PET_* variable of the same name wins when set (PET_NNODES, PET_RDZV_ENDPOINT, ...).
     # nnodes 1 without rdzv_endpoint: `torchrun --standalone`, one node.
