@@ -46,6 +46,7 @@ from jepa.config import JEPAConfig
 from jepa.device import autocast, resolve_device
 from jepa.masks import build_collator
 from jepa.models import IJEPA, ijepa, vit
+from jepa.models.ijepa import LOSSES
 from jepa.train import Schedule, build_optimizer, train_step
 
 # Vendors' dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by a substring of the name.
@@ -327,7 +328,7 @@ def component_times(cfg: JEPAConfig, device: torch.device, steps: int, warmup: i
             z = model.encoder(images, m_ctx)
             t = lap("context encoder forward", t)
             predictions = model.predictor(z, m_ctx, m_tgt)
-            loss = F.smooth_l1_loss(predictions, targets.to(predictions.dtype))
+            loss = LOSSES[model.loss_name](predictions, targets.to(predictions.dtype))
             t = lap("predictor forward + loss", t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -293,10 +293,7 @@ class VisionTransformer(nn.Module):
         Returns `(B, D)` pooled final tokens, or `(B, num_last_blocks*D)`: the concatenation
         of the last blocks' normalised, pooled outputs.
         """
-        x = self.embed(x)
-        x, kept = run_blocks(self.blocks, x, keep=num_last_blocks)
-        if num_last_blocks == 1:
-            return self.norm(x).mean(1)
+        kept = self.block_outputs(x, num_last_blocks)
         return torch.cat([self.norm(h).mean(1) for h in kept], -1)
 
 
