@@ -434,6 +434,14 @@ def test_experiments_compare_in_one_table_and_a_readable_exp_show(tmp_path: Path
     header = next(line for line in shown.splitlines() if "Experiment" in line)
     visible = header.split("…")[0].split()
     compared = ["final_loss", "img_s", "knn_top1", "top1", "wall_s", "lr"]
+    # `--only-changed` hides a metric equal in every row: tiny runs on an idle machine can
+    # all take the same time at wall_s's 0.1 s resolution.
+    walls = {
+        (data.get("metrics") or {}).get("metrics/train.json", {}).get("data", {}).get("wall_s")
+        for _, data in exp_revs(json.loads(dvc(repo, "exp", "show", "--json").stdout))
+    }
+    if len(walls) == 1:
+        compared.remove("wall_s")
     assert set(compared) <= set(visible), shown
     dependencies = [i for i, name in enumerate(visible) if "/" in name]
     assert max(visible.index(c) for c in compared) < min(dependencies, default=len(visible)), shown
