@@ -175,7 +175,7 @@ def pretrain_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
     """uint8 tensor `(C, h, w)` or PIL image -> float `(C, S, S)`, `S = cfg.image_size`:
     RandomResizedCrop(scale=cfg.crop_scale) and normalisation; no flip (official default)."""
     mean, std = normalization_stats(cfg)
-    return v2.Compose(
+    full = v2.Compose(
         [
             v2.ToImage(),
             v2.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, antialias=True),
@@ -184,6 +184,10 @@ def pretrain_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
             v2.ToPureTensor(),
         ]
     )
+    # A crop of the whole area fits a square image only as the whole image (any other aspect
+    # ratio makes one side longer than the image's), so at scale (1, 1) the crop is a no-op.
+    whole = tuple(cfg.crop_scale) == (1.0, 1.0)
+    return SizedImageShortcut(full, cfg.image_size, mean, std) if whole else full
 
 
 def eval_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
@@ -192,7 +196,7 @@ def eval_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
     size = cfg.image_size
     resize = int(size * 256 / 224) if size >= 224 else size
     mean, std = normalization_stats(cfg)
-    return v2.Compose(
+    full = v2.Compose(
         [
             v2.ToImage(),
             v2.Resize(resize, antialias=True),
@@ -202,6 +206,36 @@ def eval_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
             v2.ToPureTensor(),
         ]
     )
+    return SizedImageShortcut(full, size, mean, std) if resize == size else full
+
+
+class SizedImageShortcut:
+    """`full` (a resize or crop to `size`, then scaling to [0, 1] and normalising), with a
+    shortcut for uint8 tensors already `size` × `size`, which the resize or crop leaves
+    unchanged: only the scaling and normalisation run, the same functions on the same values.
+
+    The shortcut skips the v2 pipeline's per-transform dispatch, about 0.5 ms of 0.6 per
+    28-pixel image, which in-process loading pays inside every training step.
+    """
+
+    def __init__(
+        self,
+        full: Callable[[Any], torch.Tensor],
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.full, self.size, self.mean, self.std = full, size, list(mean), list(std)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if (
+            type(image) is torch.Tensor
+            and image.dtype == torch.uint8
+            and image.shape[-2:] == (self.size, self.size)
+        ):
+            scaled = v2.functional.to_dtype(image, torch.float32, scale=True)
+            return v2.functional.normalize(scaled, self.mean, self.std)
+        return self.full(image)
 
 
 # ---- datasets -------------------------------------------------------------------------------

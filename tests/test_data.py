@@ -289,7 +289,33 @@ def test_eval_transform_resizes_like_the_official_protocol():
     out = data.eval_transform(cfg)(torch.randint(0, 256, (3, 240, 320), dtype=torch.uint8))
     assert out.shape == (3, 224, 224)
     assert data.eval_transform(cfg).transforms[1].size == [256]
-    assert data.eval_transform(cfg.replace(image_size=32)).transforms[1].size == [32]
+    assert data.eval_transform(cfg.replace(image_size=32)).full.transforms[1].size == [32]
+
+
+@pytest.mark.parametrize("side", [28, 20, 40])
+def test_transforms_shortcut_gives_the_full_pipelines_values(side):
+    """Images already at the model's size skip the resize and the whole-area crop; every
+    other image (another size, non-square, PIL) takes the full v2 pipeline. Bit for bit the
+    same result either way."""
+    cfg = fmnist_cfg(None, crop_scale=(1.0, 1.0))
+    images = torch.randint(0, 256, (8, 1, side, side), generator=torch.Generator().manual_seed(1))
+    images = images.to(torch.uint8)
+    for transform in (data.pretrain_transform(cfg), data.eval_transform(cfg)):
+        assert isinstance(transform, data.SizedImageShortcut)
+        for image in images:
+            torch.manual_seed(0)
+            got = transform(image)
+            torch.manual_seed(0)
+            assert torch.equal(got, transform.full(image))
+            assert got.shape == (1, 28, 28)
+    non_square = torch.randint(0, 256, (1, 28, 36), dtype=torch.uint8)
+    transform = data.pretrain_transform(cfg)
+    torch.manual_seed(0)
+    got = transform(non_square)
+    torch.manual_seed(0)
+    assert torch.equal(got, transform.full(non_square)) and got.shape == (1, 28, 28)
+    cropped = data.pretrain_transform(cfg.replace(crop_scale=(0.3, 1.0)))
+    assert not isinstance(cropped, data.SizedImageShortcut)  # random crops: always the pipeline
 
 
 class CollateIndices:
