@@ -1,0 +1,127 @@
+"""Time the work around the model's matmuls: item transforms, the optimizer step, extraction.
+
+    .venv/bin/python bench/input_path.py --config params.yaml
+    .venv/bin/python bench/input_path.py --config params.yaml --set embed_dim=192 depth=6
+
+Each row is a baseline and the variant the library now uses, timed back to back in this
+process on the same inputs:
+
+- item transform, ms per image of the configured dataset's training images (in-process
+  loading pays it inside every step): the full torchvision v2 pipeline against
+  `jepa.data.SizedImageShortcut`, which skips the resize and the whole-area crop that leave
+  images of the model's size unchanged (checked bit for bit here);
+- AdamW step of the configured model, ms: torch's per-tensor loop (its CPU default) against
+  the fused kernel `jepa.train.build_optimizer` asks for;
+- feature extraction (`forward_features` over the last `probe_last_blocks` blocks, no
+  gradients), images/s: batches of 512 against `eval_batch_size` (the experiments use 128:
+  larger batches' activations no longer fit the allocator's reused heap, and every batch
+  faults fresh pages in).
+
+The machine's fp32 matmul rate is printed first, so absolute figures can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+
+from jepa.data import SizedImageShortcut, build_dataset, pretrain_transform
+from jepa.evaluate import random_encoder
+from jepa.models import IJEPA
+
+try:  # run as `python bench/input_path.py` (the bench folder on sys.path) or as a module
+    from train_step import load_config, matmul_tflops
+except ImportError:  # pragma: no cover
+    from bench.train_step import load_config, matmul_tflops
+
+
+def per_call_ms(fn: Callable[[], object], *, min_s: float = 1.0, min_calls: int = 3) -> float:
+    """Milliseconds per call of `fn` after one warm-up call."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < min_s:
+        fn()
+        calls += 1
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def transform_rows(cfg, images: torch.Tensor) -> list[tuple[str, str, float, float]]:
+    transform = pretrain_transform(cfg)
+    if not isinstance(transform, SizedImageShortcut):
+        return [("item transform", "no shortcut at this crop_scale", float("nan"), float("nan"))]
+    for image in images[:64]:
+        torch.manual_seed(0)
+        expected = transform.full(image)
+        if not torch.equal(transform(image), expected):
+            raise AssertionError("the transform shortcut changed an image; please report")
+
+    def each(fn):
+        return lambda: [fn(image) for image in images]
+
+    full = per_call_ms(each(transform.full)) / len(images)
+    short = per_call_ms(each(transform)) / len(images)
+    return [("item transform (ms/image)", "v2 pipeline -> shortcut", full, short)]
+
+
+def optimizer_rows(cfg) -> list[tuple[str, str, float, float]]:
+    model = IJEPA.from_config(cfg)
+    times = []
+    for kwargs in ({"foreach": False}, {"fused": True}):
+        clone = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(0)
+        for p in clone.parameters():
+            if p.requires_grad:
+                p.grad = torch.randn(p.shape, generator=generator)
+        optimizer = torch.optim.AdamW(clone.param_groups(), weight_decay=0.04, **kwargs)
+        times.append(per_call_ms(optimizer.step))
+    return [("AdamW step (ms)", "per-tensor loop -> fused", *times)]
+
+
+def extraction_rows(cfg) -> list[tuple[str, str, float, float]]:
+    encoder = random_encoder(cfg)
+    rates = []
+    for batch in (512, cfg.eval_batch_size):
+        images = torch.randn(batch, cfg.in_chans, cfg.image_size, cfg.image_size)
+
+        @torch.no_grad()
+        def forward(images=images):
+            encoder.forward_features(images, cfg.probe_last_blocks)
+
+        rates.append(batch / per_call_ms(forward, min_s=3.0) * 1e3)
+    label = f"batch 512 -> {cfg.eval_batch_size}"
+    return [("extraction (images/s)", label, *rates)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="params.yaml", help="a flat YAML config")
+    parser.add_argument("--preset", help="an experiment of jepa/conf (needs Hydra)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides")
+    cfg = load_config(parser.parse_args())
+    print(
+        f"fp32 matmul: {matmul_tflops(torch.device('cpu'), torch.float32):.3f} TFLOP/s, "
+        f"{torch.get_num_threads()} threads"
+    )
+    dataset = build_dataset(cfg, "train", train_transform=False)
+    if not hasattr(dataset, "images"):
+        raise SystemExit(
+            f"dataset={cfg.dataset!r} is read from files; this bench times the "
+            "in-memory datasets (fashion_mnist, cifar10)"
+        )
+    images = dataset.images[:2000]
+    rows = transform_rows(cfg, images) + optimizer_rows(cfg) + extraction_rows(cfg)
+    print("| work | baseline -> library | baseline | library | speed-up |")
+    print("|---|---|---:|---:|---:|")
+    for work, change, before, after in rows:
+        faster = after / before if "images/s" in work else before / after
+        print(f"| {work} | {change} | {before:.3f} | {after:.3f} | {faster:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
