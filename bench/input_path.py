@@ -32,6 +32,7 @@ import torch
 from jepa.data import SizedImageShortcut, build_dataset, pretrain_transform
 from jepa.evaluate import random_encoder
 from jepa.models import IJEPA
+from jepa.train import build_optimizer
 
 try:  # run as `python bench/input_path.py` (the bench folder on sys.path) or as a module
     from train_step import load_config, matmul_tflops
@@ -70,13 +71,18 @@ def transform_rows(cfg, images: torch.Tensor) -> list[tuple[str, str, float, flo
 def optimizer_rows(cfg) -> list[tuple[str, str, float, float]]:
     model = IJEPA.from_config(cfg)
     times = []
-    for kwargs in ({"foreach": False}, {"fused": True}):
+    for library in (False, True):
         clone = copy.deepcopy(model)
         generator = torch.Generator().manual_seed(0)
         for p in clone.parameters():
             if p.requires_grad:
                 p.grad = torch.randn(p.shape, generator=generator)
-        optimizer = torch.optim.AdamW(clone.param_groups(), weight_decay=0.04, **kwargs)
+        if library:
+            optimizer = build_optimizer(cfg, clone, torch.device("cpu"))
+        else:
+            optimizer = torch.optim.AdamW(
+                clone.param_groups(), weight_decay=cfg.weight_decay, foreach=False
+            )
         times.append(per_call_ms(optimizer.step))
     return [("AdamW step (ms)", "per-tensor loop -> fused", *times)]
 
