@@ -295,7 +295,7 @@ def test_eval_transform_resizes_like_the_official_protocol():
 @pytest.mark.parametrize("side", [28, 20, 40])
 def test_transforms_shortcut_gives_the_full_pipelines_values(side):
     """Images already at the model's size skip the resize and the whole-area crop; every
-    other image (another size, non-square, PIL) takes the full v2 pipeline. Bit for bit the
+    other image (another size, non-square) takes the full v2 pipeline. Bit for bit the
     same result either way."""
     cfg = fmnist_cfg(None, crop_scale=(1.0, 1.0))
     images = torch.randint(0, 256, (8, 1, side, side), generator=torch.Generator().manual_seed(1))
