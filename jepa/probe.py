@@ -297,8 +297,9 @@ class LbfgsFitter:
 
     The objective is sklearn's divided by `C * N`: mean cross-entropy plus
     `||W||^2 / (2 C N)` (the bias is not penalised), so one C means the same in both
-    backends. Each fit starts from the previous fit's solution when the shapes agree
-    (`warm_start`); the protocol calls it along the grid and then for the refit.
+    backends. With `warm_start`, a fit starts from an earlier solution of the same shape:
+    the last one found for the same C if there is one (the refit after selection starts
+    from the chosen C's grid solution), else the previous fit's (the next C along the grid).
     """
 
     def __init__(
@@ -312,6 +313,7 @@ class LbfgsFitter:
         self.device = torch.device(device)
         self.max_iter, self.tolerance, self.warm_start = max_iter, tolerance, warm_start
         self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # by C
         self.iterations: list[int] = []  # L-BFGS iterations of each fit, in order
 
     def __call__(self, features: Rows, targets: np.ndarray, params: dict) -> LinearScorer:
@@ -321,7 +323,7 @@ class LbfgsFitter:
         inputs = scorer.standardise(x)
         del x
         labels = torch.from_numpy(targets).to(self.device)
-        previous = self.previous if self.warm_start else None
+        previous = self.solutions.get(params["C"], self.previous) if self.warm_start else None
         with torch.no_grad():
             if previous is not None and previous[0].shape == linear.weight.shape:
                 linear.weight.copy_(previous[0])
@@ -359,6 +361,7 @@ class LbfgsFitter:
             )
         self.iterations.append(iterations)
         self.previous = (linear.weight.detach().clone(), linear.bias.detach().clone())
+        self.solutions[params["C"]] = self.previous
         return scorer
 
 

@@ -209,6 +209,17 @@ def test_lbfgs_warm_start_reaches_the_cold_start_solution() -> None:
     assert (warm_scores.argmax(1) == cold_scores.argmax(1)).mean() > 0.99
 
 
+def test_lbfgs_refit_starts_from_the_same_c_solution() -> None:
+    train_x, train_y = overlapping(100, seed=1)
+    rows = probe.Rows(train_x)
+    fitter = probe.LbfgsFitter(tolerance=1e-4)
+    for c in (0.001, 1.0):  # the grid, ending far from the C that will be chosen
+        fitter(rows, train_y, {"C": c})
+    fitter(rows, train_y, {"C": 0.001})  # the refit of the chosen C, on the same rows here
+    assert fitter.iterations[1] > 5  # moving between the two Cs takes real work ...
+    assert fitter.iterations[2] <= 1  # ... coming back to a C already solved does not
+
+
 def test_stratified_holdout() -> None:
     targets = np.array([0] * 20 + [1] * 10 + [2] * 1)
     fit, val = stratified_holdout(targets, 0.1, seed=0)
