@@ -8,9 +8,10 @@ then `--set` overrides), then `jepa.evaluate.extract` and `jepa.evaluate.probe` 
 exported target encoder: the linear probe fit on the whole training split, its C chosen on
 a stratified held-out 10% of it (`val_top1`, what recipes are chosen by), the test split
 scored once (`top1`, reported beside), and kNN top-1. The training FLOPs per image come
-from torch's flop counter (`bench/train_step.py`), so arms can be compared at equal
-compute. One JSON line per run is appended to `--out` (default
-`bench/results/recipes.jsonl`), and the table of every run recorded there is printed.
+from torch's flop counter (`bench/train_step.py`), averaged over 8 steps' mask draws, so
+arms can be compared at equal compute. One JSON line per run is appended to `--out`
+(default `bench/results/recipes.jsonl`), and the table of every run recorded there is
+printed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from jepa.evaluate import extract, probe
 from jepa.train import pretrain
 
 RESULTS = Path("bench/results/recipes.jsonl")
+FLOP_SAMPLES = 8  # steps whose masks the FLOPs per image are averaged over
 
 
 def run_arm(cfg: JEPAConfig, work: Path) -> dict:
@@ -36,7 +38,7 @@ def run_arm(cfg: JEPAConfig, work: Path) -> dict:
     from bench.train_step import step_flops
 
     cfg = cfg.replace(output_dir=str(work / "run"), progress=False, checkpoint_every=10**9)
-    flops = step_flops(cfg, torch.device("cpu")) / cfg.batch_size
+    flops = step_flops(cfg, torch.device("cpu"), samples=FLOP_SAMPLES) / cfg.batch_size
     summary = pretrain(cfg)
     start = time.perf_counter()
     extract(cfg, work / "run" / "encoder", work / "features", kind="pretrained")

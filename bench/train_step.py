@@ -176,16 +176,21 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048) ->
     return 2 * size**3 * reps / (time.perf_counter() - start) / 1e12
 
 
-def step_flops(cfg: JEPAConfig, device: torch.device) -> float:
-    """FLOPs of one training step (forward, backward; the optimizer's are negligible)."""
+def step_flops(cfg: JEPAConfig, device: torch.device, samples: int = 1) -> float:
+    """FLOPs of one training step (forward, backward; the optimizer's are negligible),
+    averaged over `samples` steps' mask draws (block sizes, hence token counts, vary)."""
     model = IJEPA.from_config(cfg).to(device)
-    batch = build_collator(cfg)(synthetic_samples(cfg, cfg.batch_size, 0))
-    images = batch.images.to(device)
-    masks = [m.to(device) for m in batch.masks_enc], [m.to(device) for m in batch.masks_pred]
-    with FlopCounterMode(display=False) as counter, autocast(cfg.amp, device):
-        loss, _ = model(images, *masks)
-        loss.backward()
-    return float(counter.get_total_flops())
+    collator, total = build_collator(cfg), 0.0
+    for k in range(samples):
+        batch = collator(synthetic_samples(cfg, cfg.batch_size, k * cfg.batch_size))
+        images = batch.images.to(device)
+        masks = [m.to(device) for m in batch.masks_enc], [m.to(device) for m in batch.masks_pred]
+        with FlopCounterMode(display=False) as counter, autocast(cfg.amp, device):
+            loss, _ = model(images, *masks)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        total += counter.get_total_flops()
+    return total / samples
 
 
 def run_variant(
