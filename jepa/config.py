@@ -152,6 +152,9 @@ class JEPAConfig:
     # Weight of a variance-covariance penalty (VICReg's, as C-JEPA adds it) on the context
     # encoder's average-pooled output; 0 turns it off (official).
     vc_weight: float = 0.0
+    # Weight of LeJEPA's SIGReg (an Epps-Pulley test of random 1-D projections against a
+    # standard normal) on the context encoder's average-pooled output; 0 turns it off.
+    sigreg_weight: float = 0.0
     max_steps: int | None = None  # stop early after this many optimizer steps
 
     # ---- runtime --------------------------------------------------------------
@@ -343,7 +346,8 @@ class JEPAConfig:
                 f"lr must be > 0 and start_lr, min_lr >= 0 (lr={self.lr}, "
                 f"start_lr={self.start_lr}, min_lr={self.min_lr})"
             )
-        for name in ("warmup_epochs", "weight_decay", "drop_path_rate", "vc_weight"):
+        nonnegative = ("warmup_epochs", "weight_decay", "drop_path_rate", "vc_weight")
+        for name in (*nonnegative, "sigreg_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_upload_timeout_s < 0:
@@ -504,6 +508,7 @@ RUNTIME_FIELDS = frozenset(
 LATER_TRAINING_FIELDS: dict[str, Any] = {
     "target_last_blocks": 1,
     "vc_weight": 0.0,
+    "sigreg_weight": 0.0,
     "fixed_token_counts": False,
 }
 _NEVER = object()

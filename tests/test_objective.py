@@ -1,4 +1,4 @@
-"""The I-JEPA objective's options: multi-block regression targets and the VC penalty."""
+"""The I-JEPA objective's options: multi-block regression targets, the VC and SIGReg penalties."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from tiny import tiny_config
 from jepa.config import ConfigError
 from jepa.masks import build_collator
 from jepa.models import IJEPA
-from jepa.models.ijepa import variance_covariance
+from jepa.models.ijepa import sigreg, variance_covariance
 
 
 def tiny_cfg(**kw):
@@ -76,8 +76,46 @@ def test_vc_weight_adds_the_penalty_and_every_parameter_still_learns():
     assert all(p.grad is None for p in regularised.target_encoder.parameters())
 
 
+def test_sigreg_is_low_only_for_a_standard_normal_batch():
+    z = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    gaussian = sigreg(z).item()
+    assert gaussian < 3  # B x the Epps-Pulley statistic stays O(1) under the null
+    unlike = {
+        "collapsed": torch.zeros_like(z),
+        "too wide": 3 * z,
+        "too narrow": 0.3 * z,
+        "shifted": z + 2,
+        "rank one": z[:, :1].expand_as(z),
+    }
+    for name, bad in unlike.items():
+        torch.manual_seed(0)
+        assert sigreg(bad) > 20 * gaussian, name
+
+
+def test_sigreg_weight_adds_the_penalty_and_every_parameter_still_learns():
+    cfg = tiny_cfg()
+    b = batch(cfg)
+    plain = IJEPA.from_config(cfg)
+    regularised = IJEPA.from_config(cfg.replace(sigreg_weight=0.5))
+    regularised.load_state_dict(plain.state_dict())
+    loss_plain, _ = plain(b.images, b.masks_enc, b.masks_pred)
+    torch.manual_seed(1)  # the same random directions in both calls
+    loss_reg, _ = regularised(b.images, b.masks_enc, b.masks_pred)
+    context = plain.encoder(b.images, b.masks_enc).mean(1)
+    torch.manual_seed(1)
+    expected = loss_plain + 0.5 * sigreg(context)
+    torch.testing.assert_close(loss_reg, expected)
+    assert loss_reg > loss_plain
+    loss_reg.backward()
+    for name, p in regularised.trainable():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
 def test_objective_options_are_checked():
     with pytest.raises(ConfigError, match="target_last_blocks=5 exceeds depth"):
         tiny_cfg(depth=4, target_last_blocks=5)
     with pytest.raises(ConfigError, match="vc_weight must be >= 0"):
         tiny_cfg(vc_weight=-1.0)
+    with pytest.raises(ConfigError, match="sigreg_weight must be >= 0"):
+        tiny_cfg(sigreg_weight=-0.1)

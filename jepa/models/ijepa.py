@@ -70,6 +70,32 @@ def variance_covariance(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return F.relu(1.0 - std).mean() + off_diagonal / z.size(1)
 
 
+SIGREG_SLICES = 256  # random directions per call
+SIGREG_KNOTS = 17  # quadrature points of the Epps-Pulley integral over t in [0, 5]
+
+
+def sigreg(z: torch.Tensor) -> torch.Tensor:
+    """LeJEPA's SIGReg of embeddings `z (B, D)`, a 0-d tensor (Balestriero & LeCun 2025).
+
+    `z` is projected on `SIGREG_SLICES` random unit directions, fresh on every call (drawn
+    from torch's global generator, which checkpoints save); each 1-D projection is compared
+    to a standard normal by the Epps-Pulley statistic: the squared distance between its
+    empirical characteristic function and `exp(-t^2/2)`, weighted by `exp(-t^2/2)`,
+    integrated over `t` and scaled by `B`. Its mean over the directions is 0 only when every
+    projection looks standard normal, which pushes the batch towards an isotropic Gaussian
+    and away from collapse.
+    """
+    z = z.float()
+    directions = torch.randn(z.size(1), SIGREG_SLICES, device=z.device)
+    x = z @ (directions / directions.norm(dim=0))
+    t = torch.linspace(0.0, 5.0, SIGREG_KNOTS, device=z.device)
+    gauss = torch.exp(-0.5 * t.square())
+    xt = x.unsqueeze(-1) * t  # (B, slices, knots)
+    distance = (xt.cos().mean(0) - gauss).square() + xt.sin().mean(0).square()
+    # The integrand is even in t: its integral over [-5, 5] is twice that over [0, 5].
+    return 2 * torch.trapezoid(distance * gauss, t, dim=-1).mean() * z.size(0)
+
+
 class IJEPA(nn.Module):
     """Context encoder, predictor and EMA target encoder, with the I-JEPA objective."""
 
@@ -81,6 +107,7 @@ class IJEPA(nn.Module):
         *,
         target_last_blocks: int = 1,
         vc_weight: float = 0.0,
+        sigreg_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -95,6 +122,7 @@ class IJEPA(nn.Module):
         self.loss_name = loss
         self.target_last_blocks = target_last_blocks
         self.vc_weight = vc_weight
+        self.sigreg_weight = sigreg_weight
         self.runners = _Runners(encoder, predictor, self.target_encoder)
 
     @classmethod
@@ -108,6 +136,7 @@ class IJEPA(nn.Module):
             cfg.loss,
             target_last_blocks=cfg.target_last_blocks,
             vc_weight=cfg.vc_weight,
+            sigreg_weight=cfg.sigreg_weight,
         )
 
     # ---- the objective ----------------------------------------------------------------------
@@ -154,6 +183,8 @@ class IJEPA(nn.Module):
         loss = LOSSES[self.loss_name](predictions, targets.to(predictions.dtype))
         if self.vc_weight:
             loss = loss + self.vc_weight * variance_covariance(context.mean(1))
+        if self.sigreg_weight:
+            loss = loss + self.sigreg_weight * sigreg(context.mean(1))
         return loss, predictions.detach()
 
     @torch.no_grad()
