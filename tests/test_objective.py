@@ -59,23 +59,6 @@ def test_variance_covariance_is_zero_for_whitened_and_high_for_collapsed_embeddi
     assert variance_covariance(correlated) > 10
 
 
-def test_vc_weight_adds_the_penalty_and_every_parameter_still_learns():
-    cfg = tiny_cfg()
-    b = batch(cfg)
-    plain = IJEPA.from_config(cfg)
-    regularised = IJEPA.from_config(cfg.replace(vc_weight=0.5))
-    regularised.load_state_dict(plain.state_dict())
-    loss_plain, _ = plain(b.images, b.masks_enc, b.masks_pred)
-    loss_vc, _ = regularised(b.images, b.masks_enc, b.masks_pred)
-    context = plain.encoder(b.images, b.masks_enc).mean(1)
-    expected = loss_plain + 0.5 * variance_covariance(context)
-    torch.testing.assert_close(loss_vc, expected)
-    loss_vc.backward()
-    for name, p in regularised.trainable():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert all(p.grad is None for p in regularised.target_encoder.parameters())
-
-
 def test_sigreg_is_low_only_for_a_standard_normal_batch():
     z = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
@@ -93,23 +76,27 @@ def test_sigreg_is_low_only_for_a_standard_normal_batch():
         assert sigreg(bad) > 20 * gaussian, name
 
 
-def test_sigreg_weight_adds_the_penalty_and_every_parameter_still_learns():
+@pytest.mark.parametrize(
+    ("key", "penalty"), [("vc_weight", variance_covariance), ("sigreg_weight", sigreg)]
+)
+def test_a_penalty_weight_adds_the_penalty_and_every_parameter_still_learns(key, penalty):
     cfg = tiny_cfg()
     b = batch(cfg)
     plain = IJEPA.from_config(cfg)
-    regularised = IJEPA.from_config(cfg.replace(sigreg_weight=0.5))
+    regularised = IJEPA.from_config(cfg.replace(**{key: 0.5}))
     regularised.load_state_dict(plain.state_dict())
     loss_plain, _ = plain(b.images, b.masks_enc, b.masks_pred)
-    torch.manual_seed(1)  # the same random directions in both calls
+    torch.manual_seed(1)  # SIGReg's random directions: the same in both calls
     loss_reg, _ = regularised(b.images, b.masks_enc, b.masks_pred)
     context = plain.encoder(b.images, b.masks_enc).mean(1)
     torch.manual_seed(1)
-    expected = loss_plain + 0.5 * sigreg(context)
+    expected = loss_plain + 0.5 * penalty(context)
     torch.testing.assert_close(loss_reg, expected)
     assert loss_reg > loss_plain
     loss_reg.backward()
     for name, p in regularised.trainable():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in regularised.target_encoder.parameters())
 
 
 def test_objective_options_are_checked():
