@@ -346,8 +346,14 @@ class JEPAConfig:
                 f"lr must be > 0 and start_lr, min_lr >= 0 (lr={self.lr}, "
                 f"start_lr={self.start_lr}, min_lr={self.min_lr})"
             )
-        nonnegative = ("warmup_epochs", "weight_decay", "drop_path_rate", "vc_weight")
-        for name in (*nonnegative, "sigreg_weight"):
+        nonnegative = (
+            "warmup_epochs",
+            "weight_decay",
+            "drop_path_rate",
+            "vc_weight",
+            "sigreg_weight",
+        )
+        for name in nonnegative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_upload_timeout_s < 0:
