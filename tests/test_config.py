@@ -181,8 +181,13 @@ def test_training_hash_ignores_runtime_fields_only():
 def test_fields_added_later_keep_earlier_hashes_at_their_old_behaviour():
     cfg = JEPAConfig.preset("fmnist_w192")
     assert not LATER_TRAINING_FIELDS.keys() & cfg.training_fields().keys()
-    later = {"target_last_blocks": 2, "vc_weight": 0.1, "sigreg_weight": 0.1}
-    for key, value in {**later, "fixed_token_counts": True}.items():
+    changes = {
+        "target_last_blocks": 2,
+        "vc_weight": 0.1,
+        "sigreg_weight": 0.1,
+        "fixed_token_counts": True,
+    }
+    for key, value in changes.items():
         changed = cfg.replace(**{key: value})
         assert changed.training_fields()[key] == value
         assert changed.training_hash() != cfg.training_hash()
