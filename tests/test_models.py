@@ -102,6 +102,19 @@ def test_position_embedding_follows_the_input_resolution():
     torch.testing.assert_close(big, enc.pos_embed[0])
 
 
+def test_patch_tokens_are_contiguous_through_the_blocks():
+    # A transposed view would be inherited by every residual sum and copied again by each
+    # block's layer norms and linears; the values are the same either way.
+    enc = build_encoder(tiny_cfg()).eval()
+    x = torch.randn(2, 1, 28, 28)
+    tokens = enc.embed(x)
+    conv = enc.patch_embed(x)
+    assert tokens.is_contiguous()
+    assert torch.equal(tokens, conv.flatten(2).transpose(1, 2) + enc.pos_embed)
+    with torch.no_grad():
+        assert all(h.is_contiguous() for h in enc.block_outputs(x, len(enc.blocks)))
+
+
 def test_sincos_rows_and_columns_are_distinct():
     table = sincos_pos_embed_2d(32, 7)
     assert table.shape == (49, 32)

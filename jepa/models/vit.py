@@ -142,6 +142,16 @@ class Block(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
+def patch_tokens(x: torch.Tensor) -> torch.Tensor:
+    """Convolution output `(B, D, H, W)` → tokens `(B, H*W, D)`, contiguous.
+
+    The copy matters: a transposed view would be inherited by the position add and every
+    residual sum after it, so each block's layer norms and linears would copy it again
+    (extraction 1.25× faster with it, same values bit for bit; bench/train_step.py).
+    """
+    return x.flatten(2).transpose(1, 2).contiguous()
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping patches → tokens by one strided convolution."""
 
@@ -264,7 +274,7 @@ class VisionTransformer(nn.Module):
             )
         x = self.patch_embed(x)
         grid_h, grid_w = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
+        x = patch_tokens(x)
         return x + self.position_embedding(grid_h, grid_w).to(x.dtype)
 
     def forward(
