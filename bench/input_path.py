@@ -15,7 +15,11 @@ process on the same inputs:
 - feature extraction (`forward_features` over the last `probe_last_blocks` blocks, no
   gradients), images/s: batches of 512 against `eval_batch_size` (the experiments use 128:
   larger batches' activations no longer fit the allocator's reused heap, and every batch
-  faults fresh pages in).
+  faults fresh pages in); and, at `eval_batch_size`, patch tokens left as a transposed view
+  of the convolution's output (the official code's layout, which every residual sum
+  inherits) against `jepa.models.vit.patch_tokens`' contiguous copy (same features bit
+  for bit, checked here). The two layouts alternate over `ROUNDS` rounds; the best of each
+  is reported.
 
 The machine's fp32 matmul rate is printed first, so absolute figures can be compared.
 """
@@ -31,13 +35,15 @@ import torch
 
 from jepa.data import SizedImageShortcut, build_dataset, pretrain_transform
 from jepa.evaluate import random_encoder
-from jepa.models import IJEPA
+from jepa.models import IJEPA, vit
 from jepa.train import build_optimizer
 
 try:  # run as `python bench/input_path.py` (the bench folder on sys.path) or as a module
-    from train_step import load_config, matmul_tflops
+    from train_step import load_config, matmul_tflops, strided_patch_tokens
 except ImportError:  # pragma: no cover
-    from bench.train_step import load_config, matmul_tflops
+    from bench.train_step import load_config, matmul_tflops, strided_patch_tokens
+
+ROUNDS = 3  # alternating rounds of the token-layout comparison
 
 
 def per_call_ms(fn: Callable[[], object], *, min_s: float = 1.0, min_calls: int = 3) -> float:
@@ -99,7 +105,35 @@ def extraction_rows(cfg) -> list[tuple[str, str, float, float]]:
 
         rates.append(batch / per_call_ms(forward, min_s=3.0) * 1e3)
     label = f"batch 512 -> {cfg.eval_batch_size}"
-    return [("extraction (images/s)", label, *rates)]
+    return [("extraction (images/s)", label, *rates), layout_row(cfg, encoder)]
+
+
+def layout_row(cfg, encoder: torch.nn.Module) -> tuple[str, str, float, float]:
+    """Extraction images/s with strided patch tokens against contiguous ones, alternating."""
+    images = torch.randn(cfg.eval_batch_size, cfg.in_chans, cfg.image_size, cfg.image_size)
+    contiguous = vit.patch_tokens
+
+    @torch.no_grad()
+    def forward():
+        return encoder.forward_features(images, cfg.probe_last_blocks)
+
+    outputs, rates = {}, {True: [], False: []}
+    try:
+        for _ in range(ROUNDS):
+            for strided in (True, False):
+                vit.patch_tokens = strided_patch_tokens if strided else contiguous
+                outputs[strided] = forward()
+                rates[strided].append(len(images) / per_call_ms(forward, min_s=3.0) * 1e3)
+    finally:
+        vit.patch_tokens = contiguous
+    if not torch.equal(outputs[True], outputs[False]):
+        raise AssertionError("the token layout changed the features; please report")
+    return (
+        "extraction (images/s)",
+        "strided -> contiguous tokens",
+        max(rates[True]),
+        max(rates[False]),
+    )
 
 
 def main() -> None:

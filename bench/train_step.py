@@ -8,8 +8,9 @@ Every variant runs in this process on the same synthetic images and the same seq
 masks (the collator's, keyed by sample index, a new batch of indices every step):
 - `jepa`: fused `scaled_dot_product_attention`, one `_foreach_lerp_` EMA update;
 - `jepa compiled` (`--compile`): the same under `torch.compile`;
-- `baseline`: attention written out as softmax(QK^T/sqrt(d))V and a per-parameter Python
-  EMA loop, as the official code does;
+- `baseline`: attention written out as softmax(QK^T/sqrt(d))V, a per-parameter Python
+  EMA loop, and patch tokens left as a transposed view of the convolution's output (so
+  every full-image block copies them again), as the official code does;
 - `official` (`--official-src DIR`, a checkout of facebookresearch/ijepa): the official
   code's own `VisionTransformer` and `VisionTransformerPredictor`, `apply_masks` and
   `repeat_interleave_batch`, driven as its `train_step` does (smooth L1, AdamW, the
@@ -59,17 +60,22 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return attn.softmax(-1) @ v
 
 
+def strided_patch_tokens(x: torch.Tensor) -> torch.Tensor:
+    """`(B, D, H, W)` → `(B, H*W, D)` as a transposed view, without `vit.patch_tokens`' copy."""
+    return x.flatten(2).transpose(1, 2)
+
+
 @contextlib.contextmanager
 def official_style():
-    """Swap in the baseline's attention and EMA for the duration of the block."""
-    saved_attn, saved_ema = vit.F.scaled_dot_product_attention, ijepa.ema_update
+    """Swap in the baseline's attention, EMA and token layout for the duration of the block."""
+    saved = vit.F.scaled_dot_product_attention, ijepa.ema_update, vit.patch_tokens
     vit.F.scaled_dot_product_attention = naive_attention
     ijepa.ema_update = ema.ema_update_reference
+    vit.patch_tokens = strided_patch_tokens
     try:
         yield
     finally:
-        vit.F.scaled_dot_product_attention = saved_attn
-        ijepa.ema_update = saved_ema
+        vit.F.scaled_dot_product_attention, ijepa.ema_update, vit.patch_tokens = saved
 
 
 class OfficialModel:
