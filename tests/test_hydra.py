@@ -102,7 +102,7 @@ def test_there_is_something_to_compose() -> None:
     assert set(options) == set(GROUPS)
     assert {o for g, o in group_options() if g == "model"} >= {
         "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant",
-        "vit_w128_d4", "vit_w192_d6",
+        "vit_w128_d3", "vit_w128_d4", "vit_w192_d6",
     }  # fmt: skip
 
 
