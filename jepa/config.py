@@ -412,8 +412,8 @@ def model_sizes_filled(model: Any, given: typing.Collection[str] = ()) -> dict[s
 RENAMED_PRESETS = {
     "fmnist_tiny": "'fmnist_w192' (the former preset fmnist-tiny: a 192x6 encoder, batch 128) "
     "or 'fmnist_cpu_default' (the former experiment fmnist_tiny: the DVC pipeline's default)",
-    "fmnist_small": "'fmnist_cpu_default' (it uses the former model fmnist_small, now the "
-    "model group 'vit_w128_d4')",
+    "fmnist_small": "'fmnist_cpu_default' (the pipeline's default, now 3 deep; the former "
+    "model fmnist_small is the model group 'vit_w128_d4')",
 }
 
 
