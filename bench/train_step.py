@@ -6,11 +6,14 @@
 
 Every variant runs in this process on the same synthetic images and the same sequence of
 masks (the collator's, keyed by sample index, a new batch of indices every step):
-- `jepa`: fused `scaled_dot_product_attention`, one `_foreach_lerp_` EMA update;
+- `jepa`: fused `scaled_dot_product_attention`, one `_foreach_lerp_` EMA update, and the
+  last block of the target encoder and of the predictor computing only the tokens the loss
+  reads (the targets; the mask tokens);
 - `jepa compiled` (`--compile`): the same under `torch.compile`;
 - `baseline`: attention written out as softmax(QK^T/sqrt(d))V, a per-parameter Python
-  EMA loop, and patch tokens left as a transposed view of the convolution's output (so
-  every full-image block copies them again), as the official code does;
+  EMA loop, patch tokens left as a transposed view of the convolution's output (so
+  every full-image block copies them again), and every token through every block, as the
+  official code does;
 - `official` (`--official-src DIR`, a checkout of facebookresearch/ijepa): the official
   code's own `VisionTransformer` and `VisionTransformerPredictor`, `apply_masks` and
   `repeat_interleave_batch`, driven as its `train_step` does (smooth L1, AdamW, the
@@ -22,7 +25,8 @@ forward, the context encoder's and the predictor's forwards, the backward pass, 
 optimizer step with the EMA update.
 
 The table gives, per variant and batch size, step time split into mask collation and
-model work, images/s, FLOPs per image (`torch.utils.flop_counter`, forward and backward),
+model work, images/s, the variant's own FLOPs per image (`torch.utils.flop_counter`,
+forward and backward),
 the achieved TFLOP/s and their share of the device's peak (MFU), peak memory, and the speed
 ratio against the baseline. The peak is the measured rate of a large matmul in the step's
 precision on this machine (printed first), and on known GPUs also the vendor's dense
@@ -67,15 +71,27 @@ def strided_patch_tokens(x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def official_style():
-    """Swap in the baseline's attention, EMA and token layout for the duration of the block."""
+    """Swap in the baseline's attention, EMA, token layout and full last blocks for the
+    duration of the block."""
+    run_blocks = vit.run_blocks
+
+    def every_row(blocks, x, *, rows=None, keep=0, **kwargs):
+        # Every token through every block; the rows are cut from the outputs after.
+        x, kept = run_blocks(blocks, x, keep=keep, **kwargs)
+        if rows is None:
+            return x, kept
+        return vit.take_rows(x, rows), [vit.take_rows(h, rows) for h in kept]
+
     saved = vit.F.scaled_dot_product_attention, ijepa.ema_update, vit.patch_tokens
     vit.F.scaled_dot_product_attention = naive_attention
     ijepa.ema_update = ema.ema_update_reference
     vit.patch_tokens = strided_patch_tokens
+    vit.run_blocks = every_row
     try:
         yield
     finally:
         vit.F.scaled_dot_product_attention, ijepa.ema_update, vit.patch_tokens = saved
+        vit.run_blocks = run_blocks
 
 
 class OfficialModel:
@@ -182,19 +198,29 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048) ->
     return 2 * size**3 * reps / (time.perf_counter() - start) / 1e12
 
 
-def step_flops(cfg: JEPAConfig, device: torch.device, samples: int = 1) -> float:
-    """FLOPs of one training step (forward, backward; the optimizer's are negligible),
-    averaged over `samples` steps' mask draws (block sizes, hence token counts, vary)."""
-    model = IJEPA.from_config(cfg).to(device)
-    collator, total = build_collator(cfg), 0.0
+def step_flops(
+    cfg: JEPAConfig, device: torch.device, variant: str = "jepa", official_src: str | None = None
+) -> float:
+    """FLOPs of one training step of `variant` (forward, backward; the optimizer's are not
+    counted), averaged over a few steps' mask draws (block sizes, hence token counts, vary)."""
+    collator, total, samples = build_collator(cfg), 0.0, 4
+    if variant == "official":
+        official = OfficialModel(cfg, official_src, device)
+        optimizer = torch.optim.AdamW(official.param_groups(), lr=cfg.lr)
+    else:
+        model = IJEPA.from_config(cfg).to(device)
     for k in range(samples):
         batch = collator(synthetic_samples(cfg, cfg.batch_size, k * cfg.batch_size))
         images = batch.images.to(device)
         masks = [m.to(device) for m in batch.masks_enc], [m.to(device) for m in batch.masks_pred]
-        with FlopCounterMode(display=False) as counter, autocast(cfg.amp, device):
-            loss, _ = model(images, *masks)
-            loss.backward()
-        model.zero_grad(set_to_none=True)
+        style = official_style() if variant == "baseline" else contextlib.nullcontext()
+        with style, FlopCounterMode(display=False) as counter, autocast(cfg.amp, device):
+            if variant == "official":
+                official.step(images, *masks, optimizer, momentum=0.996)
+            else:
+                loss, _ = model(images, *masks)
+                loss.backward()
+                model.zero_grad(set_to_none=True)
         total += counter.get_total_flops()
     return total / samples
 
@@ -380,7 +406,6 @@ def main() -> None:
             f"grid={cfg.grid_size}x{cfg.grid_size} encoder={cfg.embed_dim}x{cfg.depth} "
             f"heads={cfg.num_heads} predictor={cfg.pred_embed_dim}x{cfg.pred_depth}"
         )
-        flops = step_flops(cfg, device)
         variants = {"jepa": cfg}
         if args.compile:
             variants["jepa compiled"] = cfg.replace(compile=True)
@@ -389,6 +414,10 @@ def main() -> None:
         if args.official_src:
             variants["official"] = cfg
         results = time_in_rounds(variants, device, args)
+        flops = {
+            name: step_flops(cfg, device, name.removesuffix(" compiled"), args.official_src)
+            for name in variants
+        }
         if args.split:
             print_split(cfg, device, args.steps, args.warmup)
         base = results.get("official") or results.get("baseline")
@@ -399,9 +428,9 @@ def main() -> None:
                     "variant": name,
                     "batch": cfg.batch_size,
                     **r,
-                    "gflop_per_image": flops / cfg.batch_size / 1e9,
-                    "tflops": flops / seconds / 1e12,
-                    "mfu": flops / seconds / 1e12 / peak,
+                    "gflop_per_image": flops[name] / cfg.batch_size / 1e9,
+                    "tflops": flops[name] / seconds / 1e12,
+                    "mfu": flops[name] / seconds / 1e12 / peak,
                     "ratio": (base["collate_ms"] + base["model_ms"]) / 1e3 / seconds
                     if base
                     else None,

@@ -90,6 +90,33 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(pa.grad, pb.grad, msg=n)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_last_block_computes_only_the_listed_rows(checkpointing):
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_cfg(depth=3, gradient_checkpointing=checkpointing))
+    x = torch.randn(2, 1, 28, 28)
+    rows = torch.stack([torch.randperm(49)[:17] for _ in range(2)])
+    full = enc(x)
+    cut = enc(x, rows=rows)
+    assert cut.shape == (2, 17, 48)
+    torch.testing.assert_close(cut, apply_masks(full, [rows]))
+    # every block's output at those rows, the last one's computed for them alone
+    outputs = enc.block_outputs(x, 3), enc.block_outputs(x, 3, rows=rows)
+    for h_full, h_cut in zip(*outputs, strict=True):
+        torch.testing.assert_close(h_cut, apply_masks(h_full, [rows]))
+    # a slice takes the same tokens as the indices of its positions
+    torch.testing.assert_close(
+        enc(x, rows=slice(30, None)), enc(x, rows=torch.arange(30, 49).expand(2, -1))
+    )
+    # gradients reach every parameter, and equal those of the full computation
+    cut.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in enc.named_parameters()}
+    enc.zero_grad()
+    apply_masks(enc(x), [rows]).square().sum().backward()
+    for n, p in enc.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, msg=n)
+
+
 def test_position_embedding_follows_the_input_resolution():
     enc = VisionTransformer(
         image_size=32, patch_size=8, in_chans=1, embed_dim=16, depth=1, num_heads=2

@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny import tiny_config
 
 from jepa.config import ConfigError
 from jepa.masks import build_collator
 from jepa.models import IJEPA
 from jepa.models.ijepa import sigreg, variance_covariance
+from jepa.models.vit import apply_masks, repeat_interleave_batch
 
 
 def tiny_cfg(**kw):
@@ -48,6 +50,64 @@ def test_targets_from_several_blocks_average_their_layer_norms():
         atol=1e-4,  # the single-block target goes through the final norm's eps once more
         rtol=1e-4,
     )
+
+
+def every_token_through_every_block(monkeypatch) -> None:
+    """Make `run_blocks` compute every token and cut the rows after, as the official
+    code's networks do."""
+    from jepa.models import vit
+
+    run_blocks = vit.run_blocks
+
+    def full(blocks, x, *, rows=None, keep=0, **kwargs):
+        x, kept = run_blocks(blocks, x, keep=keep, **kwargs)
+        if rows is None:
+            return x, kept
+        return vit.take_rows(x, rows), [vit.take_rows(h, rows) for h in kept]
+
+    monkeypatch.setattr(vit, "run_blocks", full)
+
+
+@pytest.mark.parametrize("target_last_blocks", [1, 2])
+def test_loss_and_gradients_equal_those_of_computing_every_token(monkeypatch, target_last_blocks):
+    # The last blocks compute only the tokens the loss reads: the target encoder's at the
+    # target blocks, the predictor's at the mask tokens. Nothing else may change.
+    cfg = tiny_cfg(depth=2, target_last_blocks=target_last_blocks)
+    b = batch(cfg, n=6)
+    assert sum(m.size(1) for m in b.masks_pred) < 49  # the targets' rows are computed
+    model = IJEPA.from_config(cfg)
+    with torch.no_grad():  # a target encoder unlike the context encoder
+        for p in model.target_encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss, _ = model(b.images, b.masks_enc, b.masks_pred)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.trainable()}
+
+    loss, grads = loss_and_grads()
+    every_token_through_every_block(monkeypatch)
+    full_loss, full_grads = loss_and_grads()
+    torch.testing.assert_close(loss, full_loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], msg=name)
+
+
+@pytest.mark.parametrize("target_size", [5, 13])  # 4 × 13 target rows ≥ 49 tokens
+def test_targets_are_the_target_encoders_layer_normed_tokens_at_each_block(target_size):
+    model = IJEPA.from_config(tiny_cfg(depth=2))
+    images = torch.randn(2, 1, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    masks = [
+        torch.stack([torch.randperm(49, generator=g)[:target_size] for _ in range(2)])
+        for _ in range(4)
+    ]
+    with torch.no_grad():
+        tokens = model.target_encoder(images)
+    tokens = F.layer_norm(tokens, (tokens.size(-1),))
+    expected = repeat_interleave_batch(apply_masks(tokens, masks), 2, 3)
+    torch.testing.assert_close(model.forward_target(images, masks, 3), expected)
 
 
 def test_variance_covariance_is_zero_for_whitened_and_high_for_collapsed_embeddings():

@@ -147,14 +147,26 @@ class IJEPA(nn.Module):
     ) -> torch.Tensor:
         """Regression targets `(M_tgt*M_ctx*B, K_tgt, D)`: the target encoder's layer-normed
         tokens at each target block, repeated once per context block. With
-        `target_last_blocks > 1`, the mean of the last blocks' layer-normed outputs."""
+        `target_last_blocks > 1`, the mean of the last blocks' layer-normed outputs.
+
+        The last block computes only the target blocks' tokens (all of them side by side,
+        `(B, sum K_tgt, D)`), when they are fewer than the image's: no other token of it is
+        a target, and the earlier blocks' tokens are all keys and values of the next.
+        """
+        rows = torch.cat(list(masks_target), 1)
+        patch = self.target_encoder.patch_size
+        if rows.size(1) >= (images.size(-2) // patch) * (images.size(-1) // patch):
+            rows = None  # the targets cover as many tokens as the image: gather after
         if self.target_last_blocks == 1:
-            h = self.runners.target_encoder(images)
+            h = self.runners.target_encoder(images, rows=rows)
             h = F.layer_norm(h, (h.size(-1),))
         else:
-            kept = self.target_encoder.block_outputs(images, self.target_last_blocks)
+            kept = self.target_encoder.block_outputs(images, self.target_last_blocks, rows=rows)
             h = torch.stack([F.layer_norm(x, (x.size(-1),)) for x in kept]).mean(0)
-        h = apply_masks(h, masks_target)
+        if rows is None:
+            h = apply_masks(h, masks_target)
+        else:  # (B, sum K, D) → mask-major (M*B, K, D), as apply_masks orders it
+            h = torch.cat(h.split([m.size(1) for m in masks_target], 1), 0)
         return repeat_interleave_batch(h, images.size(0), num_context)
 
     def forward_context(

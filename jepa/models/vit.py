@@ -58,6 +58,17 @@ def apply_masks(x: torch.Tensor, masks: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([torch.gather(x, 1, m.unsqueeze(-1).expand(-1, -1, d)) for m in masks], 0)
 
 
+Rows = slice | torch.Tensor | None
+"""Tokens of a `(B, N, D)` tensor: a slice of positions, or `(B, R)` indices per sample."""
+
+
+def take_rows(x: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+    """The `rows` of `x (B, N, D)`, `(B, R, D)`: a view for a slice, a gather for indices."""
+    if isinstance(rows, slice):
+        return x[:, rows]
+    return torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+
 def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> torch.Tensor:
     """`(M * B, ...)` mask-major → `(M * repeat * B, ...)`: each mask's B rows repeated `repeat` times."""
     num_chunks = x.size(0) // batch_size
@@ -97,14 +108,28 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: `(B, N, D)` → `(B, N, D)`."""
+    def forward(self, x: torch.Tensor, rows: Rows = None) -> torch.Tensor:
+        """x: `(B, N, D)` → `(B, N, D)`, or `(B, R, D)` for the `rows` of `take_rows`.
+
+        With `rows`, only those tokens query; every token is still a key and a value. The
+        queries are projected by the first third of `qkv`, so the weights are the same.
+        """
         b, n, d = x.shape
-        q, k, v = (
-            self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        )
+        heads = self.num_heads
+        if rows is None:
+            q, k, v = self.qkv(x).view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        else:
+            weight, bias = self.qkv.weight, self.qkv.bias
+            k, v = (
+                F.linear(x, weight[d:], None if bias is None else bias[d:])
+                .view(b, n, 2, heads, d // heads)
+                .permute(2, 0, 3, 1, 4)
+            )
+            x = take_rows(x, rows)
+            q = F.linear(x, weight[:d], None if bias is None else bias[:d])
+            q = q.view(b, x.size(1), heads, d // heads).transpose(1, 2)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+        return self.proj(x.transpose(1, 2).reshape(b, -1, d))
 
 
 class Mlp(nn.Module):
@@ -137,8 +162,12 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, rows: Rows = None) -> torch.Tensor:
+        """`(B, N, D)` → `(B, N, D)`; with `rows`, only those tokens' outputs `(B, R, D)`."""
+        h = self.attn(self.norm1(x), rows)
+        if rows is not None:
+            x = take_rows(x, rows)
+        x = x + self.drop_path1(h)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
@@ -165,18 +194,30 @@ class PatchEmbed(nn.Module):
 
 
 def run_blocks(
-    blocks: nn.ModuleList, x: torch.Tensor, *, gradient_checkpointing: bool = False, keep: int = 0
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    *,
+    gradient_checkpointing: bool = False,
+    keep: int = 0,
+    rows: Rows = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run `blocks` in order; also return the outputs of the last `keep` blocks.
 
+    With `rows`, the last block computes only those tokens' outputs (the earlier blocks
+    need every token: each is a key and a value of the next), and every returned tensor is
+    cut to them, `(B, R, D)`. The values are the same as cutting the full outputs.
     With `gradient_checkpointing`, activations are recomputed in backward to save memory.
     """
     kept = []
     recompute = gradient_checkpointing and torch.is_grad_enabled()
+    last = len(blocks) - 1
     for i, blk in enumerate(blocks):
-        x = checkpoint(blk, x, use_reentrant=False) if recompute else blk(x)
+        r = rows if i == last else None
+        x = checkpoint(blk, x, r, use_reentrant=False) if recompute else blk(x, r)
         if i >= len(blocks) - keep:
             kept.append(x)
+    if rows is not None:
+        kept[:-1] = [take_rows(h, rows) for h in kept[:-1]]
     return x, kept
 
 
@@ -278,23 +319,33 @@ class VisionTransformer(nn.Module):
         return x + self.position_embedding(grid_h, grid_w).to(x.dtype)
 
     def forward(
-        self, x: torch.Tensor, masks: Sequence[torch.Tensor] | torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        masks: Sequence[torch.Tensor] | torch.Tensor | None = None,
+        *,
+        rows: Rows = None,
     ) -> torch.Tensor:
         """Images `(B, C, H, W)` → normalised tokens.
 
-        Without masks: `(B, N, D)`. With M masks of `(B, K)` patch indices: `(M*B, K, D)`.
+        Without masks: `(B, N, D)`. With M masks of `(B, K)` patch indices: `(M*B, K, D)`,
+        the tokens of those patches alone. With `rows` (see `run_blocks`): `(B, R, D)`, the
+        outputs of the whole image's tokens at those rows.
         """
         x = self.embed(x)
         if masks is not None:
             x = apply_masks(x, [masks] if torch.is_tensor(masks) else masks)
-        x, _ = run_blocks(self.blocks, x, gradient_checkpointing=self.gradient_checkpointing)
+        x, _ = run_blocks(
+            self.blocks, x, gradient_checkpointing=self.gradient_checkpointing, rows=rows
+        )
         return self.norm(x)
 
-    def block_outputs(self, x: torch.Tensor, num_last_blocks: int) -> list[torch.Tensor]:
+    def block_outputs(
+        self, x: torch.Tensor, num_last_blocks: int, *, rows: Rows = None
+    ) -> list[torch.Tensor]:
         """Images `(B, C, H, W)` → the last `num_last_blocks` blocks' outputs, each
-        `(B, N, D)`, before any normalisation."""
+        `(B, N, D)` (or `(B, R, D)` with `rows`), before any normalisation."""
         x = self.embed(x)
-        _, kept = run_blocks(self.blocks, x, keep=num_last_blocks)
+        _, kept = run_blocks(self.blocks, x, keep=num_last_blocks, rows=rows)
         return kept
 
     def forward_features(self, x: torch.Tensor, num_last_blocks: int = 1) -> torch.Tensor:
@@ -385,11 +436,14 @@ class VisionTransformerPredictor(nn.Module):
 
         x = x.repeat(num_targets, 1, 1)  # context repeated once per target block
         x = torch.cat([x, queries], 1)
+        # Only the mask tokens' outputs are predictions: the last block computes no others.
         x, _ = run_blocks(
-            self.predictor_blocks, x, gradient_checkpointing=self.gradient_checkpointing
+            self.predictor_blocks,
+            x,
+            gradient_checkpointing=self.gradient_checkpointing,
+            rows=slice(num_context_tokens, None),
         )
-        x = self.predictor_norm(x[:, num_context_tokens:])
-        return self.predictor_proj(x)
+        return self.predictor_proj(self.predictor_norm(x))
 
 
 def build_encoder(cfg) -> VisionTransformer:
