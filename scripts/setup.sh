@@ -29,5 +29,5 @@ fi
 echo "==> installing jepa-pipeline with its pipeline and test extras"
 .venv/bin/pip install -q --disable-pip-version-check -e '.[pipeline,test]' 2>&1 \
   | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import jepa, dvc, prefect, hydra, moto, sklearn" \
+.venv/bin/python -c "import jepa, dvc, prefect, hydra, moto, sklearn, xdist" \
   || { echo "error: the environment is incomplete; see the pip output above" >&2; exit 1; }
