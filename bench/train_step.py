@@ -199,11 +199,16 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 2048) ->
 
 
 def step_flops(
-    cfg: JEPAConfig, device: torch.device, variant: str = "jepa", official_src: str | None = None
+    cfg: JEPAConfig,
+    device: torch.device,
+    variant: str = "jepa",
+    official_src: str | None = None,
+    samples: int = 4,
 ) -> float:
     """FLOPs of one training step of `variant` (forward, backward; the optimizer's are not
-    counted), averaged over a few steps' mask draws (block sizes, hence token counts, vary)."""
-    collator, total, samples = build_collator(cfg), 0.0, 4
+    counted), averaged over `samples` steps' mask draws (block sizes, hence token counts,
+    vary)."""
+    collator, total = build_collator(cfg), 0.0
     if variant == "official":
         official = OfficialModel(cfg, official_src, device)
         optimizer = torch.optim.AdamW(official.param_groups(), lr=cfg.lr)

@@ -166,3 +166,13 @@ def test_objective_options_are_checked():
         tiny_cfg(vc_weight=-1.0)
     with pytest.raises(ConfigError, match="sigreg_weight must be >= 0"):
         tiny_cfg(sigreg_weight=-0.1)
+
+
+def test_a_step_counts_fewer_flops_than_the_official_style_step_that_computes_every_token():
+    # bench/train_step.py's FLOP counts, as bench/recipe.py calls them for equal-compute arms
+    from bench.train_step import step_flops
+
+    cfg = tiny_cfg(depth=2)
+    cut = step_flops(cfg, torch.device("cpu"), samples=2)
+    every_token = step_flops(cfg, torch.device("cpu"), "baseline", samples=2)
+    assert 0.5 * every_token < cut < 0.97 * every_token
