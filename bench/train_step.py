@@ -69,24 +69,29 @@ def strided_patch_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-@contextlib.contextmanager
-def official_style():
-    """Swap in the baseline's attention, EMA, token layout and full last blocks for the
-    duration of the block."""
-    run_blocks = vit.run_blocks
+def every_token(run_blocks):
+    """`run_blocks` computing every token through every block and cutting the rows from
+    the outputs after, as the official networks do (the same values, more work)."""
 
-    def every_row(blocks, x, *, rows=None, keep=0, **kwargs):
-        # Every token through every block; the rows are cut from the outputs after.
+    def run_every_token(blocks, x, *, rows=None, keep=0, **kwargs):
         x, kept = run_blocks(blocks, x, keep=keep, **kwargs)
         if rows is None:
             return x, kept
         return vit.take_rows(x, rows), [vit.take_rows(h, rows) for h in kept]
 
+    return run_every_token
+
+
+@contextlib.contextmanager
+def official_style():
+    """Swap in the baseline's attention, EMA, token layout and full last blocks for the
+    duration of the block."""
+    run_blocks = vit.run_blocks
     saved = vit.F.scaled_dot_product_attention, ijepa.ema_update, vit.patch_tokens
     vit.F.scaled_dot_product_attention = naive_attention
     ijepa.ema_update = ema.ema_update_reference
     vit.patch_tokens = strided_patch_tokens
-    vit.run_blocks = every_row
+    vit.run_blocks = every_token(run_blocks)
     try:
         yield
     finally:

@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_config
 
+from bench.train_step import every_token, step_flops
 from jepa.config import ConfigError
 from jepa.masks import build_collator
-from jepa.models import IJEPA
+from jepa.models import IJEPA, vit
 from jepa.models.ijepa import sigreg, variance_covariance
 from jepa.models.vit import apply_masks, repeat_interleave_batch
 
@@ -52,22 +53,6 @@ def test_targets_from_several_blocks_average_their_layer_norms():
     )
 
 
-def every_token_through_every_block(monkeypatch) -> None:
-    """Make `run_blocks` compute every token and cut the rows after, as the official
-    code's networks do."""
-    from jepa.models import vit
-
-    run_blocks = vit.run_blocks
-
-    def full(blocks, x, *, rows=None, keep=0, **kwargs):
-        x, kept = run_blocks(blocks, x, keep=keep, **kwargs)
-        if rows is None:
-            return x, kept
-        return vit.take_rows(x, rows), [vit.take_rows(h, rows) for h in kept]
-
-    monkeypatch.setattr(vit, "run_blocks", full)
-
-
 @pytest.mark.parametrize("target_last_blocks", [1, 2])
 def test_loss_and_gradients_equal_those_of_computing_every_token(monkeypatch, target_last_blocks):
     # The last blocks compute only the tokens the loss reads: the target encoder's at the
@@ -87,7 +72,8 @@ def test_loss_and_gradients_equal_those_of_computing_every_token(monkeypatch, ta
         return loss.detach(), {n: p.grad.clone() for n, p in model.trainable()}
 
     loss, grads = loss_and_grads()
-    every_token_through_every_block(monkeypatch)
+    # every token through every block, the rows cut after, as the official networks do
+    monkeypatch.setattr(vit, "run_blocks", every_token(vit.run_blocks))
     full_loss, full_grads = loss_and_grads()
     torch.testing.assert_close(loss, full_loss)
     for name, grad in grads.items():
@@ -170,8 +156,6 @@ def test_objective_options_are_checked():
 
 def test_a_step_counts_fewer_flops_than_the_official_style_step_that_computes_every_token():
     # bench/train_step.py's FLOP counts, as bench/recipe.py calls them for equal-compute arms
-    from bench.train_step import step_flops
-
     cfg = tiny_cfg(depth=2)
     cut = step_flops(cfg, torch.device("cpu"), samples=2)
     every_token = step_flops(cfg, torch.device("cpu"), "baseline", samples=2)
