@@ -348,6 +348,47 @@ def run_epoch(cfg, dataset, epoch, rank=0, world_size=2):
     return torch.cat([b[0] for b in batches]), [i for b in batches for i in b[1]], batches
 
 
+@pytest.mark.parametrize(
+    ("side", "in_chans", "crop_scale", "batched"),
+    [
+        (28, 1, (1.0, 1.0), True),
+        (28, 3, (1.0, 1.0), True),  # the grey channel repeated, before the batch form
+        (20, 1, (1.0, 1.0), False),  # not the model's size: the full pipeline, item by item
+        (28, 1, (0.3, 1.0), False),  # random crops have no batch form
+    ],
+)
+def test_batched_items_are_the_items_one_by_one(side, in_chans, crop_scale, batched):
+    """A DataLoader asks for a batch of items at once (`__getitems__`). Where the transform
+    has a batch form it runs once on all the images; the items are bit for bit those of
+    `dataset[i]`, and under `SeededItems` those of the seeded keys one by one."""
+    cfg = fmnist_cfg(None, crop_scale=crop_scale, in_chans=in_chans, seed=4)
+    images = torch.randint(0, 256, (9, 1, side, side), generator=torch.Generator().manual_seed(2))
+    dataset = TensorImageDataset(
+        images.to(torch.uint8),
+        torch.arange(9) % 10,
+        data.FASHION_MNIST_CLASSES,
+        data.pretrain_transform(cfg),
+        in_chans,
+    )
+    indices = [7, 0, 3, 3]
+    assert (dataset.load_batch(indices) is not None) == batched
+    seeded = data.SeededItems(dataset, cfg.seed)
+    keys = [(7, 2), (0, 2), (3, 1), (3, 2)]
+    torch.manual_seed(0)  # random crops without SeededItems draw from the global generator
+    one_by_one = [dataset[i] for i in indices], [seeded[key] for key in keys]
+    torch.manual_seed(0)
+    together = dataset.__getitems__(indices), seeded.__getitems__(keys)
+    for expected_items, items in zip(one_by_one, together, strict=True):
+        assert len(items) == len(indices)
+        for (want, label, index), (got, got_label, got_index) in zip(
+            expected_items, items, strict=True
+        ):
+            assert got.shape == (in_chans, 28, 28) and torch.equal(got, want)
+            assert (got_label, got_index) == (label, index) and type(got_label) is int
+    if not batched and crop_scale != (1.0, 1.0):  # crops drawn per key: epochs differ
+        assert not torch.equal(together[1][2][0], together[1][3][0])
+
+
 def test_pretrain_loader_batches_and_order():
     cfg = fmnist_cfg(None, batch_size=4, seed=3)
     dataset = tiny_dataset(cfg)
