@@ -4,12 +4,15 @@
     .venv/bin/python bench/input_path.py --config params.yaml --set embed_dim=192 depth=6
 
 Each row is a baseline and the variant the library now uses, timed back to back in this
-process on the same inputs:
+process on the same inputs (the last row in child processes, see below):
 
 - item transform, ms per image of the configured dataset's training images (in-process
   loading pays it inside every step): the full torchvision v2 pipeline against
   `jepa.data.SizedImageShortcut`, which skips the resize and the whole-area crop that leave
   images of the model's size unchanged (checked bit for bit here);
+- training batch loading, ms per batch (collated): each item through the shortcut under its
+  own seeded generator, against the whole batch through its batch form
+  (`SeededItems.__getitems__`, the same items bit for bit, checked here);
 - AdamW step of the configured model, ms: torch's per-tensor loop (its CPU default) against
   the fused kernel `jepa.train.build_optimizer` asks for;
 - feature extraction (`forward_features` over the last `probe_last_blocks` blocks, no
@@ -19,7 +22,11 @@ process on the same inputs:
   of the convolution's output (the official code's layout, which every residual sum
   inherits) against `jepa.models.vit.patch_tokens`' contiguous copy (same features bit
   for bit, checked here). The two layouts alternate over `ROUNDS` rounds; the best of each
-  is reported.
+  is reported. Last, the extraction of the test split as the pipeline runs it (loader,
+  forward, features written to disk) with glibc's default allocator against
+  `jepa.device.keep_freed_memory`: a process-wide setting with no way back, so each of the
+  `ROUNDS` rounds runs two fresh child processes, one after the other, of 3 passes each;
+  the median pass of each is reported.
 
 The machine's fp32 matmul rate is printed first, so absolute figures can be compared.
 """
@@ -28,12 +35,25 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 import torch
+from torch.utils.data import default_collate
 
-from jepa.data import SizedImageShortcut, build_dataset, pretrain_transform
+from jepa import features
+from jepa.data import (
+    SeededItems,
+    SizedImageShortcut,
+    build_dataset,
+    build_eval_loader,
+    pretrain_transform,
+)
+from jepa.device import keep_freed_memory
 from jepa.evaluate import random_encoder
 from jepa.models import IJEPA, vit
 from jepa.train import build_optimizer
@@ -72,6 +92,24 @@ def transform_rows(cfg, images: torch.Tensor) -> list[tuple[str, str, float, flo
     full = per_call_ms(each(transform.full)) / len(images)
     short = per_call_ms(each(transform)) / len(images)
     return [("item transform (ms/image)", "v2 pipeline -> shortcut", full, short)]
+
+
+def batch_loading_row(cfg) -> tuple[str, str, float, float]:
+    """ms to load one training batch of `cfg.batch_size` items: item by item, each under its
+    own seeded generator, against `SeededItems.__getitems__` (one batched transform)."""
+    items = SeededItems(build_dataset(cfg, "train", train_transform=True), cfg.seed)
+    keys = [(index, 1) for index in range(0, 40 * cfg.batch_size, 40)]
+    by_item = [items[key] for key in keys]
+    batched = items.__getitems__(keys)
+    for (a, label_a, index_a), (b, label_b, index_b) in zip(by_item, batched, strict=True):
+        if not torch.equal(a, b) or (label_a, index_a) != (label_b, index_b):
+            raise AssertionError("batched loading changed an item; please report")
+    return (
+        f"training batch loading (ms/batch of {cfg.batch_size})",
+        "item by item -> batched transform",
+        per_call_ms(lambda: default_collate([items[key] for key in keys])),
+        per_call_ms(lambda: default_collate(items.__getitems__(keys))),
+    )
 
 
 def optimizer_rows(cfg) -> list[tuple[str, str, float, float]]:
@@ -136,6 +174,41 @@ def layout_row(cfg, encoder: torch.nn.Module) -> tuple[str, str, float, float]:
     )
 
 
+def allocator_row(cfg, args: list[str]) -> tuple[str, str, float, float]:
+    """Extraction images/s with glibc's default allocator against
+    `jepa.device.keep_freed_memory`. The setting is process-wide and has no way back, so
+    each round runs `extraction_rates` in two fresh child processes, one after the other."""
+    rates = {"default": [], "kept": []}
+    for _ in range(ROUNDS):
+        for allocator in rates:
+            child = [sys.executable, __file__, *args, "--extraction-child", allocator]
+            out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+            rates[allocator] += [float(rate) for rate in out.split()]
+    label = "glibc default -> freed memory kept (median)"
+    return ("extraction (images/s)", label, *map(statistics.median, rates.values()))
+
+
+def extraction_rates(cfg, allocator: str, passes: int = 3) -> list[float]:
+    """Images/s of `passes` extractions of the test split (`write_features_to_disk`, as the
+    pipeline's extract stage runs it) by the random encoder. With the default allocator
+    their speed varies with the heap's history, hence several passes and the median."""
+    if allocator == "default":  # this child process only
+        features.keep_freed_memory = lambda: False
+    elif not keep_freed_memory():
+        raise SystemExit("keep_freed_memory() does not apply here (glibc on Linux only)")
+    encoder = random_encoder(cfg)
+    loader = build_eval_loader(cfg, build_dataset(cfg, "test", train_transform=False))
+    rates = []
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(passes):
+            start = time.perf_counter()
+            rows = features.write_features_to_disk(
+                encoder, loader, out, "test", num_last_blocks=cfg.probe_last_blocks, progress=False
+            )
+            rates.append(rows / (time.perf_counter() - start))
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -143,7 +216,12 @@ def main() -> None:
     parser.add_argument("--config", default="params.yaml", help="a flat YAML config")
     parser.add_argument("--preset", help="an experiment of jepa/conf (needs Hydra)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides")
-    cfg = load_config(parser.parse_args())
+    parser.add_argument("--extraction-child", choices=("default", "kept"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    cfg = load_config(args)
+    if args.extraction_child:  # a child process of allocator_row
+        print(*extraction_rates(cfg, args.extraction_child))
+        return
     print(
         f"fp32 matmul: {matmul_tflops(torch.device('cpu'), torch.float32):.3f} TFLOP/s, "
         f"{torch.get_num_threads()} threads"
@@ -155,7 +233,13 @@ def main() -> None:
             "in-memory datasets (fashion_mnist, cifar10)"
         )
     images = dataset.images[:2000]
-    rows = transform_rows(cfg, images) + optimizer_rows(cfg) + extraction_rows(cfg)
+    rows = [
+        *transform_rows(cfg, images),
+        batch_loading_row(cfg),
+        *optimizer_rows(cfg),
+        *extraction_rows(cfg),
+        allocator_row(cfg, sys.argv[1:]),
+    ]
     print("| work | baseline -> library | baseline | library | speed-up |")
     print("|---|---|---:|---:|---:|")
     for work, change, before, after in rows:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from jepa.device import autocast, resolve_device
+from jepa.device import autocast, keep_freed_memory, resolve_device
 from jepa.io import atomic_output, write_json
 
 META_FILE = "features.json"
@@ -90,9 +90,12 @@ def _feature_batches(
     """Yield `(features (B, D) float32, labels (B,) int64)` per batch, the encoder in eval mode.
 
     Batches are `(images, labels, ...)`; a `None` batch (all items unreadable) is skipped.
-    The encoder is moved to `device` and its train/eval mode is restored afterwards.
+    The encoder is moved to `device` and its train/eval mode is restored afterwards. On the
+    CPU the process keeps its freed memory from here on (`jepa.device.keep_freed_memory`).
     """
     device = resolve_device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     was_training = encoder.training
     encoder.to(device).eval()
     total = len(loader) if hasattr(loader, "__len__") else None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -15,6 +18,7 @@ from tiny import tiny_config
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from jepa.config import JEPAConfig
+from jepa.device import keep_freed_memory
 from jepa.features import (
     extract_dataset_features,
     extract_features,
@@ -228,3 +232,58 @@ def test_extract_dataset_features_image_folder(encoder: VisionTransformer, tmp_p
     features, labels = load_features(tmp_path / "features", "test")
     assert features.shape == (6, 16) and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
     assert np.isfinite(features).all()
+
+
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+# Extracts features on the CPU (or not), then frees a 64 MB tensor and prints how many free
+# bytes glibc's heap holds (mallinfo2): kept for reuse, or handed back to the kernel.
+HEAP_SCRIPT = """
+import ctypes, sys, torch
+from torch.utils.data import DataLoader, TensorDataset
+from jepa.features import extract_features
+from jepa.models import VisionTransformer
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "extract":
+    encoder = VisionTransformer(image_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=1,
+                                num_heads=2)
+    data = TensorDataset(torch.randn(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+    extract_features(encoder, DataLoader(data, batch_size=2), progress=False)
+block = torch.ones(16 << 20)
+del block
+print(libc.mallinfo2().fordblks)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="keep_freed_memory tunes glibc's malloc (Linux only)")
+def test_cpu_extraction_keeps_freed_memory_for_reuse(monkeypatch) -> None:
+    """After a CPU extraction, a freed 64 MB buffer stays in the process's heap for the next
+    batch; in a process that never extracted, glibc hands it back to the kernel. A user's
+    own `MALLOC_*` settings are left to stand."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def free_heap_bytes(mode: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", HEAP_SCRIPT, mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(run.stdout.split()[-1])
+
+    assert free_heap_bytes("extract") >= 64 << 20
+    assert free_heap_bytes("plain") < 64 << 20
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    keep_freed_memory.cache_clear()
+    try:
+        assert keep_freed_memory() is False
+    finally:
+        keep_freed_memory.cache_clear()
