@@ -51,6 +51,7 @@ from jepa.data import (
     SizedImageShortcut,
     build_dataset,
     build_eval_loader,
+    pretrain_dataset,
     pretrain_transform,
 )
 from jepa.device import keep_freed_memory
@@ -95,10 +96,12 @@ def transform_rows(cfg, images: torch.Tensor) -> list[tuple[str, str, float, flo
 
 
 def batch_loading_row(cfg) -> tuple[str, str, float, float]:
-    """ms to load one training batch of `cfg.batch_size` items: item by item, each under its
-    own seeded generator, against `SeededItems.__getitems__` (one batched transform)."""
-    items = SeededItems(build_dataset(cfg, "train", train_transform=True), cfg.seed)
-    keys = [(index, 1) for index in range(0, 40 * cfg.batch_size, 40)]
+    """ms to load one training batch of `cfg.batch_size` items of `pretrain_dataset` (a
+    `Subset` view under `pretrain_subset`): item by item, each under its own seeded
+    generator, against `SeededItems.__getitems__` (one batched transform)."""
+    items = SeededItems(pretrain_dataset(cfg), cfg.seed)
+    keys = [(index, 1) for index in range(0, len(items), len(items) // cfg.batch_size)]
+    keys = keys[: cfg.batch_size]
     by_item = [items[key] for key in keys]
     batched = items.__getitems__(keys)
     for (a, label_a, index_a), (b, label_b, index_b) in zip(by_item, batched, strict=True):

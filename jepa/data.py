@@ -657,14 +657,22 @@ class SeededItems(Dataset):
             torch.set_rng_state(state)
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[Any]:
-        """`[self[key] for key in keys]`. A dataset whose `load_batch` serves the indices
-        draws no random numbers, so the items are the same without the seeding."""
-        load_batch = getattr(self.dataset, "load_batch", None)
-        if load_batch is not None:
-            items = load_batch([key[0] if isinstance(key, tuple) else key for key in keys])
-            if items is not None:
-                return items
-        return [self[key] for key in keys]
+        """`[self[key] for key in keys]`. Items that `load_batch` serves draw no random
+        numbers, so they are the same without the seeding."""
+        items = load_batch(
+            self.dataset, [key[0] if isinstance(key, tuple) else key for key in keys]
+        )
+        return items if items is not None else [self[key] for key in keys]
+
+
+def load_batch(dataset: Dataset, indices: Sequence[int]) -> list[Any] | None:
+    """`dataset`'s items at `indices` from its `load_batch` (through `Subset` views), or
+    `None` when it has none or it does not apply (then load the items one by one)."""
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[index] for index in indices]
+        dataset = dataset.dataset
+    method = getattr(dataset, "load_batch", None)
+    return method(indices) if method is not None else None
 
 
 def seed_worker(worker_id: int) -> None:

@@ -372,12 +372,14 @@ def test_batched_items_are_the_items_one_by_one(side, in_chans, crop_scale, batc
     )
     indices = [7, 0, 3, 3]
     assert (dataset.load_batch(indices) is not None) == batched
-    seeded = data.SeededItems(dataset, cfg.seed)
-    keys = [(7, 2), (0, 2), (3, 1), (3, 2)]
+    # The pretraining loader's view: a Subset (pretrain_subset) under SeededItems.
+    seeded = data.SeededItems(torch.utils.data.Subset(dataset, [8, 3, 1, 7, 0, 2]), cfg.seed)
+    keys = [(3, 2), (4, 2), (1, 1), (1, 2)]  # dataset items 7, 0, 3, 3
     torch.manual_seed(0)  # random crops without SeededItems draw from the global generator
     one_by_one = [dataset[i] for i in indices], [seeded[key] for key in keys]
     torch.manual_seed(0)
     together = dataset.__getitems__(indices), seeded.__getitems__(keys)
+    assert (data.load_batch(seeded.dataset, [3, 4, 1, 1]) is not None) == batched
     for expected_items, items in zip(one_by_one, together, strict=True):
         assert len(items) == len(indices)
         for (want, label, index), (got, got_label, got_index) in zip(
