@@ -555,11 +555,12 @@ def knn_accuracy(
         chunk = _unit_rows(chunk, device)
         offset = start * batch_size
         for t in range(0, len(test), batch_size):
-            sims = torch.cat([top_sim[t : t + batch_size], test[t : t + batch_size] @ chunk.T], 1)
-            new_idx = torch.arange(offset, offset + len(chunk), device=device)
-            idx = torch.cat([top_idx[t : t + batch_size], new_idx.expand(len(sims), -1)], 1)
-            top_sim[t : t + batch_size], best = sims.topk(k, dim=1)
-            top_idx[t : t + batch_size] = idx.gather(1, best)
+            rows = slice(t, t + batch_size)
+            sims = torch.cat([top_sim[rows], test[rows] @ chunk.T], 1)
+            top_sim[rows], best = sims.topk(k, dim=1)
+            # Columns below k are the running top-k, the rest this chunk's rows in order.
+            kept = top_idx[rows].gather(1, best.clamp(max=k - 1))
+            top_idx[rows] = torch.where(best < k, kept, best + (offset - k))
     votes = torch.zeros((len(test), len(classes)), device=device)
     votes.scatter_add_(1, train_targets[top_idx], (top_sim / temperature).exp())
     predicted = classes[votes.argmax(1).cpu().numpy()]
