@@ -51,11 +51,12 @@ def keep_freed_memory() -> bool:
     kernel. Process-wide and idempotent; returns whether it applied.
 
     A forward pass at evaluation batch sizes frees buffers of several MB per layer. By
-    default glibc maps blocks this large afresh (or trims them off the heap) on every pass,
-    and the kernel then zero-fills every page on first touch, which showed up as slow
-    `copy_` and `gelu` calls: the bare forward of the default encoder ran about 25 % faster
-    with the memory kept (`bench/input_path.py`). Training keeps its activations for the
-    backward pass and gains nothing. The price is that the process keeps its peak heap.
+    default glibc often maps blocks this large afresh (or trims them off the heap), and the
+    kernel then zero-fills every page on first touch: thousands of page faults per forward
+    pass of the default encoder, against a few hundred with the memory kept, and the
+    extraction's speed varied with the heap's history. `bench/input_path.py` times it.
+    Training keeps its activations for the backward pass and gained nothing. The price is
+    that the process keeps its peak heap.
 
     Applies only on Linux with glibc, and not when the user set `MALLOC_MMAP_THRESHOLD_`
     or `MALLOC_TRIM_THRESHOLD_` (their choice stands).
