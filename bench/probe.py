@@ -9,17 +9,24 @@ baseline), then the torch L-BFGS backend at torch's thread count and on one thre
 `--pixels` the raw-pixel features of the same dataset (the pipeline's baseline) are probed
 too, read from `params.yaml`'s dataset. Prints one table: seconds, top-1, the chosen C and
 each backend's top-1 difference from sklearn, beside the machine's fp32 matmul rate.
+
+A second table times one evaluation of the L-BFGS objective (penalised cross-entropy and
+its gradient) on the standardised training features: autograd's forward and backward, the
+baseline, against `probe.MultinomialObjective` at several chunk sizes, alternating, median
+of 5 rounds of 10 evaluations each.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 
 from jepa import probe
@@ -74,6 +81,58 @@ def time_backends(name: str, data: tuple[np.ndarray, ...], threads: int) -> list
     return rows
 
 
+def autograd_objective(inputs: torch.Tensor, labels: torch.Tensor, penalty: float):
+    """The objective as the probe computed it before `MultinomialObjective`: autograd."""
+
+    def evaluate(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        weight = weight.detach().requires_grad_()
+        bias = bias.detach().requires_grad_()
+        loss = F.cross_entropy(F.linear(inputs, weight, bias), labels)
+        loss = loss + penalty * weight.square().sum()
+        loss.backward()
+        return loss.detach(), weight.grad, bias.grad
+
+    return evaluate
+
+
+def time_objectives(name: str, data: tuple[np.ndarray, ...], rounds: int = 5, calls: int = 10):
+    """Median ms per objective evaluation of autograd and of the chunked objective."""
+    train_x, train_y = np.asarray(data[0], dtype=np.float32), np.asarray(data[1])
+    mean, std = probe.feature_moments(probe.Rows(train_x))
+    inputs = (torch.from_numpy(train_x) - torch.from_numpy(mean)) / torch.from_numpy(std)
+    labels = torch.from_numpy(train_y.astype(np.int64))
+    classes = int(labels.max()) + 1
+    generator = torch.Generator().manual_seed(0)
+    weight = 0.01 * torch.randn(classes, inputs.shape[1], generator=generator)
+    bias = torch.zeros(classes)
+    penalty = 1.0 / (2.0 * 0.1 * len(labels))  # C = 0.1
+    variants = {"autograd (baseline)": autograd_objective(inputs, labels, penalty)}
+    for mib in (1, 4, 16):
+        variants[f"chunked, {mib} MiB"] = probe.MultinomialObjective(
+            inputs, labels, penalty, chunk_bytes=mib << 20
+        )
+    reference = variants["autograd (baseline)"](weight, bias)
+    times: dict[str, list[float]] = {key: [] for key in variants}
+    for _ in range(rounds):
+        for key, function in variants.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                result = function(weight, bias)
+            times[key].append(1000 * (time.perf_counter() - start) / calls)
+            for got, want in zip(result, reference, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    base = statistics.median(times["autograd (baseline)"])
+    return [
+        {
+            "features": f"{name} ({inputs.shape[0]} x {inputs.shape[1]})",
+            "objective": key,
+            "ms": statistics.median(values),
+            "speed-up": base / statistics.median(values),
+        }
+        for key, values in times.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=Path, help="a feature directory (train/test .npy)")
@@ -84,12 +143,15 @@ def main() -> None:
         parser.error("give --features DIR, --pixels, or both")
     threads = torch.get_num_threads()
     rate = matmul_tflops(torch.device("cpu"), torch.float32)
-    rows = []
+    rows, objective_rows = [], []
     if args.features is not None:
         data = (*load_features(args.features, "train"), *load_features(args.features, "test"))
+        objective_rows += time_objectives(args.features.name, data)
         rows += time_backends(args.features.name, data, threads)
     if args.pixels:
-        rows += time_backends("pixels", pixel_features(args.params), threads)
+        data = pixel_features(args.params)
+        objective_rows += time_objectives("pixels", data)
+        rows += time_backends("pixels", data, threads)
     print(f"machine: fp32 matmul {rate:.3f} TFLOP/s, torch threads {threads}")
     print(
         f"{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} {'vs sklearn':>11}"
@@ -98,6 +160,13 @@ def main() -> None:
         print(
             f"{row['features']:<24} {row['backend']:<18} {row['seconds']:>8.1f} "
             f"{100 * row['top1']:>8.2f} {row['C']:>7.3g} {100 * row['vs sklearn']:>+10.2f}"
+        )
+    print()
+    print("| features | objective (loss and gradient) | ms per evaluation | speed-up |")
+    print("|---|---|---:|---:|")
+    for row in objective_rows:
+        print(
+            f"| {row['features']} | {row['objective']} | {row['ms']:.1f} | {row['speed-up']:.2f}x |"
         )
 
 

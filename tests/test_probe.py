@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jepa import probe
 from jepa.probe import (
@@ -197,16 +198,37 @@ def test_lbfgs_agrees_with_sklearn_on_overlapping_classes() -> None:
 
 def test_lbfgs_warm_start_reaches_the_cold_start_solution() -> None:
     train_x, train_y = overlapping(100, seed=1)
-    rows, c = probe.Rows(train_x), {"C": 0.1}
+    rows, c = probe.Rows(train_x), {"C": 10.0}
     # Tight enough that both runs reach the optimum, not just the default's neighbourhood.
+    # The warm start comes from the previous C of the default grid (10x apart); on these
+    # 1000 rows it saves about 15 % of the iterations (55 against 64).
     warm = probe.LbfgsFitter(tolerance=1e-5)
-    warm(rows, train_y, {"C": 0.001})
+    warm(rows, train_y, {"C": 1.0})
     warm_scores = warm(rows, train_y, c)(train_x)
     cold = probe.LbfgsFitter(tolerance=1e-5)
     cold_scores = cold(rows, train_y, c)(train_x)
     assert warm.iterations[-1] < cold.iterations[-1]
     np.testing.assert_allclose(warm_scores, cold_scores, atol=0.05)
     assert (warm_scores.argmax(1) == cold_scores.argmax(1)).mean() > 0.99
+
+
+def test_lbfgs_objective_is_penalised_cross_entropy_and_its_gradient() -> None:
+    train_x, train_y = overlapping(50, seed=2)  # 500 rows
+    inputs, labels = torch.from_numpy(train_x), torch.from_numpy(train_y)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(NUM_CLASSES, DIM, generator=generator, requires_grad=True)
+    bias = torch.randn(NUM_CLASSES, generator=generator, requires_grad=True)
+    penalty = 0.01
+    expected = F.cross_entropy(F.linear(inputs, weight, bias), labels)
+    expected = expected + penalty * weight.square().sum()
+    expected.backward()
+    # 48 rows per chunk: ten full chunks and a partial one.
+    objective = probe.MultinomialObjective(inputs, labels, penalty, chunk_bytes=48 * DIM * 4)
+    assert len(objective.chunks) == 11
+    loss, grad_weight, grad_bias = objective(weight.detach(), bias.detach())
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(grad_weight, weight.grad)
+    torch.testing.assert_close(grad_bias, bias.grad)
 
 
 def test_lbfgs_refit_starts_from_the_same_c_solution() -> None:
