@@ -349,13 +349,20 @@ class Whitening:
     0 iterations, warm-started from C = 0.1, and the probe read 2.9 points low.
     """
 
-    def __init__(self, inputs: torch.Tensor, ridge: float = 0.0) -> None:
+    def __init__(self, spectrum: tuple[torch.Tensor, torch.Tensor], ridge: float = 0.0) -> None:
+        """`spectrum`: `Whitening.spectrum(x)`, the same for every C on the same rows."""
+        eigenvalues, basis = spectrum
+        floor = eigenvalues.max().clamp_min(1e-12) * WHITENING_FLOOR
+        self.scale = (eigenvalues.clamp_min(floor) + ridge).rsqrt().to(basis.dtype)  # s
+        self.transform = (basis * self.scale).contiguous()  # T
+        self.inverse = (basis / self.scale).contiguous()  # (T^-1)^T
+
+    @staticmethod
+    def spectrum(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues `(D,)` (float64) and eigenvectors `(D, D)` of `inputs`' covariance."""
         covariance = (inputs.t() @ inputs).double() / len(inputs)
         eigenvalues, basis = torch.linalg.eigh(covariance)
-        floor = eigenvalues.max().clamp_min(1e-12) * WHITENING_FLOOR
-        self.scale = (eigenvalues.clamp_min(floor) + ridge).rsqrt().to(inputs.dtype)  # s
-        self.transform = (basis.to(inputs.dtype) * self.scale).contiguous()  # T
-        self.inverse = (basis.to(inputs.dtype) / self.scale).contiguous()  # (T^-1)^T
+        return eigenvalues, basis.to(inputs.dtype)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.transform
@@ -405,18 +412,30 @@ class LbfgsFitter:
         self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
         self.solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # by C
         self.iterations: list[int] = []  # L-BFGS iterations of each fit, in order
+        # The rows last fitted, standardised, with their moments and covariance spectrum:
+        # every C of the grid is fitted on the same rows.
+        self.prepared: tuple[Rows, tuple, torch.Tensor, tuple] | None = None
+
+    def prepare(self, features: Rows) -> tuple[tuple, torch.Tensor, tuple]:
+        """`(moments, standardised rows, spectrum)` of `features`, computed once per rows."""
+        if self.prepared is None or self.prepared[0] is not features:
+            self.prepared = None  # free the previous rows' copy first
+            x = features.materialise()
+            moments = feature_moments(Rows(x))
+            mean, std = (torch.from_numpy(m).to(self.device) for m in moments)
+            standardised = (torch.from_numpy(x).to(self.device) - mean) / std
+            del x
+            self.prepared = (features, moments, standardised, Whitening.spectrum(standardised))
+        return self.prepared[1:]
 
     def __call__(self, features: Rows, targets: np.ndarray, params: dict) -> LinearScorer:
-        x = features.materialise()
+        moments, standardised, spectrum = self.prepare(features)
         linear = nn.Linear(features.dim, int(targets.max()) + 1).to(self.device)
-        scorer = LinearScorer(linear, *feature_moments(Rows(x)))
-        standardised = scorer.standardise(x)
-        del x
+        scorer = LinearScorer(linear, *moments)
         penalty = 1.0 / (2.0 * params["C"] * len(targets))
         classes = linear.weight.shape[0]
-        whitening = Whitening(standardised, ridge=2.0 * penalty * classes)
+        whitening = Whitening(spectrum, ridge=2.0 * penalty * classes)
         inputs = whitening.inputs(standardised)
-        del standardised
         labels = torch.from_numpy(targets).to(self.device)
         previous = self.solutions.get(params["C"], self.previous) if self.warm_start else None
         # L-BFGS works on the whitened weights; the scorer keeps the standardised ones.
