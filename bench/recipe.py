@@ -79,13 +79,25 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, one run each")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep each seed's run and features in DIR/<name>-seed<seed> (default: deleted)",
+    )
     args = parser.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     base = JEPAConfig.from_yaml(args.config).replace(**overrides)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in (int(s) for s in args.seeds.split(",")):
-        with tempfile.TemporaryDirectory(prefix="recipe-") as work:
-            figures = run_arm(base.replace(seed=seed), Path(work))
+        if args.keep is not None:
+            work = args.keep / f"{args.name}-seed{seed}"
+            work.mkdir(parents=True, exist_ok=False)
+            figures = run_arm(base.replace(seed=seed), work)
+        else:
+            with tempfile.TemporaryDirectory(prefix="recipe-") as work:
+                figures = run_arm(base.replace(seed=seed), Path(work))
         row = {"name": args.name, "seed": seed, "overrides": overrides, **figures}
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
