@@ -14,6 +14,11 @@ A second table times one evaluation of the L-BFGS objective (penalised cross-ent
 its gradient) on the standardised training features: autograd's forward and backward, the
 baseline, against `probe.MultinomialObjective` at several chunk sizes, alternating, median
 of 5 rounds of 10 evaluations each.
+
+A third table checks convergence along the C grid (`--grid`, default the protocol's): the
+probe's `LbfgsFitter` at its default tolerance against the same fitter at a tolerance of
+1e-6 with ten times the iterations (the reference), each warm-started along the grid as
+the protocol is: validation top-1 at every C, L-BFGS iterations, and the grid's seconds.
 """
 
 from __future__ import annotations
@@ -133,25 +138,67 @@ def time_objectives(name: str, data: tuple[np.ndarray, ...], rounds: int = 5, ca
     ]
 
 
+REFERENCE_TOLERANCE = 1e-6  # the convergence table's reference fit
+
+
+def convergence(name: str, data: tuple[np.ndarray, ...], grid: list[float]) -> list[dict]:
+    """Validation top-1 along `grid` for the default fitter and a tightly converged one."""
+    train_x, train_y = np.asarray(data[0], dtype=np.float32), np.asarray(data[1])
+    fit_idx, val_idx = probe.stratified_holdout(train_y, 0.1, 0)
+    fit_part, val_part = probe.Rows(train_x, fit_idx), probe.Rows(train_x, val_idx)
+    fitters = {
+        f"default ({probe.LBFGS_TOLERANCE:g})": probe.LbfgsFitter(),
+        f"reference ({REFERENCE_TOLERANCE:g})": probe.LbfgsFitter(
+            tolerance=REFERENCE_TOLERANCE, max_iter=10 * probe.LBFGS_MAX_ITER
+        ),
+    }
+    rows = []
+    for label, fitter in fitters.items():
+        start, accuracies = time.perf_counter(), []
+        for c in grid:
+            scorer = fitter(fit_part, train_y[fit_idx], {"C": c})
+            scores = probe.predict_scores(scorer, val_part)
+            accuracies.append(probe.top1_accuracy(scores, train_y[val_idx]))
+        rows.append(
+            {
+                "features": f"{name} ({train_x.shape[1]}-d)",
+                "fitter": label,
+                "seconds": time.perf_counter() - start,
+                "iterations": fitter.iterations,
+                "val": accuracies,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=Path, help="a feature directory (train/test .npy)")
     parser.add_argument("--pixels", action="store_true", help="also the raw-pixel baseline")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--grid",
+        type=float,
+        nargs="+",
+        default=list(probe.DEFAULT_C_GRID),
+        help="the Cs of the convergence table (default: the protocol's grid)",
+    )
     args = parser.parse_args()
     if args.features is None and not args.pixels:
         parser.error("give --features DIR, --pixels, or both")
     threads = torch.get_num_threads()
     rate = matmul_tflops(torch.device("cpu"), torch.float32)
-    rows, objective_rows = [], []
+    rows, objective_rows, convergence_rows = [], [], []
     if args.features is not None:
         data = (*load_features(args.features, "train"), *load_features(args.features, "test"))
         objective_rows += time_objectives(args.features.name, data)
         rows += time_backends(args.features.name, data, threads)
+        convergence_rows += convergence(args.features.name, data, args.grid)
     if args.pixels:
         data = pixel_features(args.params)
         objective_rows += time_objectives("pixels", data)
         rows += time_backends("pixels", data, threads)
+        convergence_rows += convergence("pixels", data, args.grid)
     print(f"machine: fp32 matmul {rate:.3f} TFLOP/s, torch threads {threads}")
     print(
         f"{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} {'vs sklearn':>11}"
@@ -168,6 +215,16 @@ def main() -> None:
         print(
             f"| {row['features']} | {row['objective']} | {row['ms']:.1f} | {row['speed-up']:.2f}x |"
         )
+    print()
+    header = " | ".join(f"C {c:g}" for c in args.grid)
+    print(f"| features | fitter | seconds | {header} |")
+    print("|---|---|---:|" + "---:|" * len(args.grid))
+    for row in convergence_rows:
+        cells = " | ".join(
+            f"{100 * v:.2f} ({n})" for v, n in zip(row["val"], row["iterations"], strict=True)
+        )
+        print(f"| {row['features']} | {row['fitter']} | {row['seconds']:.1f} | {cells} |")
+    print("(validation top-1 %, in parentheses the fit's L-BFGS iterations)")
 
 
 if __name__ == "__main__":
