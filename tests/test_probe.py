@@ -262,6 +262,33 @@ def test_lbfgs_converges_on_correlated_features_after_a_warm_start() -> None:
     assert (scorer(train_x).argmax(1) == reference.predict(standardised)).mean() >= 0.98
 
 
+def test_lbfgs_weakly_regularised_fits_reach_the_optimum_after_warm_starts() -> None:
+    # Along a grid of weakening regularisation each fit starts from the previous one's
+    # solution, where the gradient is small in absolute terms although the optimum has
+    # moved: at the earlier tolerance (1e-3) the fits from C = 1 on stopped at once.
+    train_x, train_y = overlapping(100, seed=1)
+    rows = probe.Rows(train_x)
+    fitter = probe.LbfgsFitter()  # the default tolerance
+    for c in (0.1, 1.0, 10.0, 100.0):
+        scorer = fitter(rows, train_y, {"C": c})
+    assert min(fitter.iterations[1:]) > 0
+    standardised = StandardScaler().fit_transform(train_x)
+    reference = LogisticRegression(C=100.0, tol=1e-10, max_iter=100_000)
+    reference.fit(standardised, train_y)
+
+    def objective(weight: np.ndarray, bias: np.ndarray) -> float:  # sklearn's, over C * N
+        logits = torch.from_numpy(standardised @ weight.T + bias)
+        loss = F.cross_entropy(logits, torch.from_numpy(train_y)).item()
+        return loss + np.square(weight).sum() / (2 * 100.0 * len(train_y))
+
+    mine = objective(
+        scorer.linear.weight.detach().double().numpy(), scorer.linear.bias.detach().double().numpy()
+    )
+    best = objective(reference.coef_, reference.intercept_)
+    assert mine <= best + 1e-3 * abs(best)
+    assert (scorer(train_x).argmax(1) == reference.predict(standardised)).mean() >= 0.99
+
+
 def test_lbfgs_refit_starts_from_the_same_c_solution() -> None:
     train_x, train_y = overlapping(100, seed=1)
     rows = probe.Rows(train_x)
