@@ -62,10 +62,11 @@ BACKENDS = ("lbfgs", "sklearn", "torch")
 SKLEARN_MAX_ITER = 500  # L-BFGS iterations per sklearn fit
 LBFGS_MAX_ITER = 500  # L-BFGS iterations per torch fit (a warm start needs far fewer)
 # Largest gradient entry of the mean objective, in the whitened coordinates, at convergence.
-# Against the same objective minimised to 1e-6, on the default's pretrained features (60k x
-# 384) and on raw pixels (784), 1e-4 was within 0.11 validation points at every C of the grid
-# and 0.04 test points at the chosen one; 1e-3 read both 0.2 low, and its warm-started pixel
-# fits at C >= 1 stopped after 0 iterations (docs/experiments.md, weak regularisation).
+# Against the same objective minimised to 1e-6, 1e-4 was within 0.11 validation points at
+# every C of the grid on the default's pretrained features (60k x 384), within 0.05 at the
+# chosen C on raw pixels (784; 0.35 low at C = 10), and within 0.04 test points at the chosen
+# C on both; 1e-3 read both 0.2 low, and its warm-started pixel fits at C >= 1 stopped after
+# 0 iterations (docs/experiments.md, The probe at weak regularisation).
 LBFGS_TOLERANCE = 1e-4
 # Below this many feature values (rows x dims) a fit runs on one CPU thread: small products
 # are latency-bound, and on busy cores thread hand-offs made them ~10x slower.
