@@ -3,6 +3,7 @@
     python bench/train_step.py --preset fmnist_w192 --steps 20
     python bench/train_step.py --config params.yaml --set batch_size=128
     python bench/train_step.py --config vitb16.yaml --device cuda --compile --batch-sizes 64,256
+    python bench/train_step.py --config params.yaml --no-baseline --vs "pred_depth=2"
 
 Every variant runs in this process on the same synthetic images and the same sequence of
 masks (the collator's, keyed by sample index, a new batch of indices every step):
@@ -10,6 +11,8 @@ masks (the collator's, keyed by sample index, a new batch of indices every step)
   last block of the target encoder and of the predictor computing only the tokens the loss
   reads (the targets; the mask tokens);
 - `jepa compiled` (`--compile`): the same under `torch.compile`;
+- `jepa, KEY=VALUE ...` (`--vs`): the same code on another recipe (the config with those
+  overrides), to weigh a recipe's cost per step against the config's;
 - `baseline`: attention written out as softmax(QK^T/sqrt(d))V, a per-parameter Python
   EMA loop, patch tokens left as a transposed view of the convolution's output (so
   every full-image block copies them again), and every token through every block, as the
@@ -167,8 +170,15 @@ def load_config(args: argparse.Namespace) -> JEPAConfig:
         cfg = JEPAConfig.from_yaml(args.config)
     else:
         cfg = JEPAConfig.preset(args.preset or "fmnist_w192")
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    return cfg.replace(progress=False, **overrides)
+    return cfg.replace(progress=False, **parse_overrides(args.set))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`KEY=VALUE` strings as a dict, each value read as YAML (`2`, `1e-3`, `[0.99, 1.0]`)."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise SystemExit(f"error: override {bad[0]!r} is not KEY=VALUE")
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
 
 
 def synthetic_samples(cfg: JEPAConfig, n: int, start: int) -> list[tuple[torch.Tensor, int, int]]:
@@ -332,6 +342,14 @@ def parse_args() -> argparse.Namespace:
         "--official-src", help="a checkout of facebookresearch/ijepa: time its own modules too"
     )
     parser.add_argument("--split", action="store_true", help="print where a step's time goes")
+    parser.add_argument(
+        "--vs",
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE ...'",
+        help="another recipe to time beside `jepa` in the same rounds: the config with these "
+        "overrides (repeatable); with --no-baseline the ratios are against `jepa`",
+    )
     return parser.parse_args()
 
 
@@ -423,14 +441,20 @@ def main() -> None:
             variants["baseline"] = cfg
         if args.official_src:
             variants["official"] = cfg
+        for spec in args.vs:
+            variants[f"jepa, {spec}"] = cfg.replace(**parse_overrides(spec.split()))
         results = time_in_rounds(variants, device, args)
         flops = {
-            name: step_flops(cfg, device, name.removesuffix(" compiled"), args.official_src)
+            name: step_flops(
+                variants[name], device, name.removesuffix(" compiled"), args.official_src
+            )
             for name in variants
         }
         if args.split:
             print_split(cfg, device, args.steps, args.warmup)
         base = results.get("official") or results.get("baseline")
+        if base is None and args.vs:
+            base = results["jepa"]
         for name, r in results.items():
             seconds = (r["collate_ms"] + r["model_ms"]) / 1e3
             rows.append(
@@ -449,7 +473,10 @@ def main() -> None:
     if device.type != "cuda":
         print("(CPU peak memory is the process's maximum RSS so far, not per variant)")
     print(f"MFU is against the {peak_source} ({peak:.2f} TFLOP/s)")
-    print("vs baseline: the official code's step when --official-src is given, else `baseline`")
+    print(
+        "vs baseline: the official code's step when --official-src is given, else `baseline`"
+        + (", else `jepa`" if args.vs else "")
+    )
     print_table(rows)
     assert F.scaled_dot_product_attention is not naive_attention  # restored
 
