@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from jepa.config import JEPAConfig
 from jepa.evaluate import extract, probe
@@ -87,7 +86,9 @@ def main() -> None:
         help="keep each seed's run and features in DIR/<name>-seed<seed> (default: deleted)",
     )
     args = parser.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    from bench.train_step import parse_overrides
+
+    overrides = parse_overrides(args.set)
     base = JEPAConfig.from_yaml(args.config).replace(**overrides)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in (int(s) for s in args.seeds.split(",")):
