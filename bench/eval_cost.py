@@ -8,7 +8,9 @@ Evaluation is what the pipeline's `extract` and `probe` stages do with one encod
 (the L-BFGS probe under the standard protocol, and kNN). Each encoder is read with
 `params.yaml`'s dataset and evaluation settings; `probe_last_blocks` follows the
 encoder's depth (all of its blocks, at most 4), as each default probes its own encoder.
-The first encoder is the baseline. Rounds alternate the encoders so that a machine whose
+`--amp none,bf16` times every encoder under each precision of its forward passes
+(`jepa.device.autocast`), with the probe's figures beside. The first encoder, under the
+first precision, is the baseline. Rounds alternate the encoders so that a machine whose
 speed drifts (CPU steal) hits them alike; the table gives the median seconds of each part
 and the ratio to the baseline, beside the machine's fp32 matmul rate before and after.
 """
@@ -67,23 +69,33 @@ def main() -> None:
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--amp",
+        default=None,
+        help="comma-separated precisions to time each encoder under (default: params' amp)",
+    )
     args = parser.parse_args()
 
     base = load_params(args.params)[0].replace(progress=False)
-    configs = {}
+    amps = args.amp.split(",") if args.amp else [base.amp]
+    arms, configs = [], {}
     for name, path in args.encoder:
         depth = load_encoder(path).model_args()["depth"]
-        configs[name] = base.replace(
-            depth=depth,
-            target_last_blocks=min(base.target_last_blocks, depth),
-            probe_last_blocks=min(depth, 4),
-        )
+        for amp in amps:
+            arm = name if len(amps) == 1 else f"{name}, amp={amp}"
+            arms.append((arm, path))
+            configs[arm] = base.replace(
+                depth=depth,
+                target_last_blocks=min(base.target_last_blocks, depth),
+                probe_last_blocks=min(depth, 4),
+                amp=amp,
+            )
     cpu = torch.device("cpu")
     rate_before = matmul_tflops(cpu, torch.float32)
-    times: dict[str, list[dict[str, float]]] = {name: [] for name, _ in args.encoder}
+    times: dict[str, list[dict[str, float]]] = {name: [] for name, _ in arms}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for name, path in args.encoder:
+            for name, path in arms:
                 work = Path(tmp) / f"{name}-{r}"
                 times[name].append(evaluate_once(configs[name], path, work))
                 print(f"round {r + 1}: {name} {times[name][-1]['total_s']:.1f} s", flush=True)
@@ -96,13 +108,13 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     baseline = None
-    for name, _ in args.encoder:
+    for name, _ in arms:
         med = {k: statistics.median(t[k] for t in times[name]) for k in times[name][0]}
         baseline = baseline or med["total_s"]
         print(
             f"| {name} | {configs[name].probe_last_blocks} | {med['extract_s']:.1f} "
             f"| {med['probe_s']:.1f} | {med['total_s']:.1f} | {med['total_s'] / baseline:.2f}× "
-            f"| {100 * med['val_top1']:.1f} | {100 * med['top1']:.1f} |"
+            f"| {100 * med['val_top1']:.2f} | {100 * med['top1']:.2f} |"
         )
 
 
