@@ -9,8 +9,9 @@ Evaluation is what the pipeline's `extract` and `probe` stages do with one encod
 `params.yaml`'s dataset and evaluation settings; `probe_last_blocks` follows the
 encoder's depth (all of its blocks, at most 4), as each default probes its own encoder.
 `--amp none,bf16` times every encoder under each precision of its forward passes
-(`jepa.device.autocast`), with the probe's figures beside. The first encoder, under the
-first precision, is the baseline. Rounds alternate the encoders so that a machine whose
+(`jepa.device.autocast`), with the probe's figures beside; `--batch-size 128,32` under
+each extraction batch size (`eval_batch_size`). The first encoder, under the first
+precision and batch size, is the baseline. Rounds alternate the encoders so that a machine whose
 speed drifts (CPU steal) hits them alike; the table gives the median seconds of each part
 and the ratio to the baseline, beside the machine's fp32 matmul rate before and after.
 """
@@ -18,6 +19,7 @@ and the ratio to the baseline, beside the machine's fp32 matmul rate before and 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -74,21 +76,29 @@ def main() -> None:
         default=None,
         help="comma-separated precisions to time each encoder under (default: params' amp)",
     )
+    parser.add_argument(
+        "--batch-size",
+        default=None,
+        help="comma-separated extraction batch sizes (default: params' eval_batch_size)",
+    )
     args = parser.parse_args()
 
     base = load_params(args.params)[0].replace(progress=False)
     amps = args.amp.split(",") if args.amp else [base.amp]
+    sizes = [int(b) for b in args.batch_size.split(",")] if args.batch_size else []
     arms, configs = [], {}
     for name, path in args.encoder:
         depth = load_encoder(path).model_args()["depth"]
-        for amp in amps:
-            arm = name if len(amps) == 1 else f"{name}, amp={amp}"
+        for amp, size in itertools.product(amps, sizes or [base.eval_batch_size]):
+            arm = name + ("" if len(amps) == 1 else f", amp={amp}")
+            arm += "" if len(sizes) < 2 else f", batch {size}"
             arms.append((arm, path))
             configs[arm] = base.replace(
                 depth=depth,
                 target_last_blocks=min(base.target_last_blocks, depth),
                 probe_last_blocks=min(depth, 4),
                 amp=amp,
+                eval_batch_size=size,
             )
     cpu = torch.device("cpu")
     rate_before = matmul_tflops(cpu, torch.float32)

@@ -19,6 +19,10 @@ A third table checks convergence along the C grid (`--grid`, default the protoco
 probe's `LbfgsFitter` at its default tolerance against the same fitter at a tolerance of
 1e-6 with ten times the iterations (the reference), each warm-started along the grid as
 the protocol is: validation top-1 at every C, L-BFGS iterations, and the grid's seconds.
+
+A fourth table times `probe.knn_accuracy` (the pipeline's k-NN, k = 20) at several chunk
+sizes, 1024 rows (the chunk before 2026-12-06) the baseline, alternating, median of 3
+rounds; each must give the baseline's top-1. `--tables knn` runs that table alone.
 """
 
 from __future__ import annotations
@@ -138,6 +142,35 @@ def time_objectives(name: str, data: tuple[np.ndarray, ...], rounds: int = 5, ca
     ]
 
 
+KNN_CHUNKS = (1024, 2048, 4096)  # the first is the baseline
+
+
+def time_knn(name: str, data: tuple[np.ndarray, ...], rounds: int = 3) -> list[dict]:
+    """Median seconds of `probe.knn_accuracy` at each of `KNN_CHUNKS`, alternating."""
+    train_x, train_y, test_x, test_y = (np.asarray(a) for a in data)
+    times: dict[int, list[float]] = {size: [] for size in KNN_CHUNKS}
+    top1: dict[int, float] = {}
+    for _ in range(rounds):
+        for size in KNN_CHUNKS:
+            start = time.perf_counter()
+            result = probe.knn_accuracy(train_x, train_y, test_x, test_y, batch_size=size)
+            times[size].append(time.perf_counter() - start)
+            top1.setdefault(size, result["knn_top1"])
+            if result["knn_top1"] != top1[KNN_CHUNKS[0]]:
+                raise AssertionError(f"k-NN at chunk {size} disagrees with the baseline")
+    base = statistics.median(times[KNN_CHUNKS[0]])
+    return [
+        {
+            "features": f"{name} ({len(train_x)} bank x {len(test_x)} queries)",
+            "chunk": size,
+            "seconds": statistics.median(values),
+            "speed-up": base / statistics.median(values),
+            "top1": top1[size],
+        }
+        for size, values in times.items()
+    ]
+
+
 REFERENCE_TOLERANCE = 1e-6  # the convergence table's reference fit
 
 
@@ -171,6 +204,9 @@ def convergence(name: str, data: tuple[np.ndarray, ...], grid: list[float]) -> l
     return rows
 
 
+TABLES = ("backends", "objective", "convergence", "knn")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=Path, help="a feature directory (train/test .npy)")
@@ -183,48 +219,72 @@ def main() -> None:
         default=list(probe.DEFAULT_C_GRID),
         help="the Cs of the convergence table (default: the protocol's grid)",
     )
+    parser.add_argument(
+        "--tables",
+        default=",".join(TABLES),
+        help=f"comma-separated tables to run (default: all of {', '.join(TABLES)})",
+    )
     args = parser.parse_args()
+    tables = set(args.tables.split(","))
+    if tables - set(TABLES):
+        parser.error(f"--tables: unknown {sorted(tables - set(TABLES))}; choose from {TABLES}")
     if args.features is None and not args.pixels:
         parser.error("give --features DIR, --pixels, or both")
     threads = torch.get_num_threads()
     rate = matmul_tflops(torch.device("cpu"), torch.float32)
-    rows, objective_rows, convergence_rows = [], [], []
+    rows, objective_rows, convergence_rows, knn_rows = [], [], [], []
+    sources = []
     if args.features is not None:
         data = (*load_features(args.features, "train"), *load_features(args.features, "test"))
-        objective_rows += time_objectives(args.features.name, data)
-        rows += time_backends(args.features.name, data, threads)
-        convergence_rows += convergence(args.features.name, data, args.grid)
+        sources.append((args.features.name, data))
     if args.pixels:
-        data = pixel_features(args.params)
-        objective_rows += time_objectives("pixels", data)
-        rows += time_backends("pixels", data, threads)
-        convergence_rows += convergence("pixels", data, args.grid)
+        sources.append(("pixels", pixel_features(args.params)))
+    for name, data in sources:
+        if "objective" in tables:
+            objective_rows += time_objectives(name, data)
+        if "backends" in tables:
+            rows += time_backends(name, data, threads)
+        if "convergence" in tables:
+            convergence_rows += convergence(name, data, args.grid)
+        if "knn" in tables:
+            knn_rows += time_knn(name, data)
     print(f"machine: fp32 matmul {rate:.3f} TFLOP/s, torch threads {threads}")
-    print(
-        f"{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} {'vs sklearn':>11}"
-    )
+    if rows:
+        print(
+            f"\n{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} "
+            f"{'vs sklearn':>11}"
+        )
     for row in rows:
         print(
             f"{row['features']:<24} {row['backend']:<18} {row['seconds']:>8.1f} "
             f"{100 * row['top1']:>8.2f} {row['C']:>7.3g} {100 * row['vs sklearn']:>+10.2f}"
         )
-    print()
-    print("| features | objective (loss and gradient) | ms per evaluation | speed-up |")
-    print("|---|---|---:|---:|")
+    if objective_rows:
+        print("\n| features | objective (loss and gradient) | ms per evaluation | speed-up |")
+        print("|---|---|---:|---:|")
     for row in objective_rows:
         print(
             f"| {row['features']} | {row['objective']} | {row['ms']:.1f} | {row['speed-up']:.2f}x |"
         )
-    print()
-    header = " | ".join(f"C {c:g}" for c in args.grid)
-    print(f"| features | fitter | seconds | {header} |")
-    print("|---|---|---:|" + "---:|" * len(args.grid))
+    if convergence_rows:
+        header = " | ".join(f"C {c:g}" for c in args.grid)
+        print(f"\n| features | fitter | seconds | {header} |")
+        print("|---|---|---:|" + "---:|" * len(args.grid))
     for row in convergence_rows:
         cells = " | ".join(
             f"{100 * v:.2f} ({n})" for v, n in zip(row["val"], row["iterations"], strict=True)
         )
         print(f"| {row['features']} | {row['fitter']} | {row['seconds']:.1f} | {cells} |")
-    print("(validation top-1 %, in parentheses the fit's L-BFGS iterations)")
+    if convergence_rows:
+        print("(validation top-1 %, in parentheses the fit's L-BFGS iterations)")
+    if knn_rows:
+        print("\n| features | k-NN chunk (rows) | seconds | speed-up | kNN top-1 % |")
+        print("|---|---:|---:|---:|---:|")
+    for row in knn_rows:
+        print(
+            f"| {row['features']} | {row['chunk']} | {row['seconds']:.2f} "
+            f"| {row['speed-up']:.2f}x | {100 * row['top1']:.2f} |"
+        )
 
 
 if __name__ == "__main__":
