@@ -61,6 +61,7 @@ MASK_STRATEGIES = ("multiblock", "random")
 LOSSES = ("smooth_l1", "l2")
 EMA_SCHEDULES = ("linear", "cosine")
 AMP_MODES = ("auto", "bf16", "none")
+TARGET_AMP_MODES = ("same", *AMP_MODES)  # "same": the target encoder runs as `amp` says
 PROBE_BACKENDS = ("lbfgs", "sklearn", "torch")
 CORRUPT_POLICIES = ("skip", "raise")
 RDZV_BACKENDS = ("c10d",)  # torchrun's dynamic rendezvous; no node ranks to hand out
@@ -161,6 +162,10 @@ class JEPAConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     amp: str = "auto"  # auto: bf16 on CUDA, none on CPU
+    # The target encoder's no-grad forward pass alone under another precision: `bf16` runs
+    # it under bf16 autocast while the rest trains as `amp` says (a change of the targets'
+    # precision, so of the objective; faster only on CPUs with bf16 units). same: as `amp`.
+    target_amp: str = "same"
     compile: bool = False
     output_dir: str = "./output"
     checkpoint_every: int = 200  # optimizer steps between checkpoints (and at each epoch end)
@@ -516,6 +521,7 @@ LATER_TRAINING_FIELDS: dict[str, Any] = {
     "vc_weight": 0.0,
     "sigreg_weight": 0.0,
     "fixed_token_counts": False,
+    "target_amp": "same",
 }
 _NEVER = object()
 
@@ -528,6 +534,7 @@ CHOICES = {  # the allowed values of the string fields (the CLI lists them too)
     "loss": LOSSES,
     "ema_schedule": EMA_SCHEDULES,
     "amp": AMP_MODES,
+    "target_amp": TARGET_AMP_MODES,
     "probe_backend": PROBE_BACKENDS,
     "corrupt_images": CORRUPT_POLICIES,
     "rdzv_backend": RDZV_BACKENDS,

@@ -189,6 +189,7 @@ def test_fields_added_later_keep_earlier_hashes_at_their_old_behaviour():
         "vc_weight": 0.1,
         "sigreg_weight": 0.1,
         "fixed_token_counts": True,
+        "target_amp": "bf16",
     }
     for key, value in changes.items():
         changed = cfg.replace(**{key: value})

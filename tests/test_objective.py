@@ -96,6 +96,30 @@ def test_targets_are_the_target_encoders_layer_normed_tokens_at_each_block(targe
     torch.testing.assert_close(model.forward_target(images, masks, 3), expected)
 
 
+def test_target_amp_bf16_runs_the_target_pass_alone_in_bf16():
+    cfg = tiny_cfg(depth=2, target_last_blocks=2)
+    b = batch(cfg)
+    exact = IJEPA.from_config(cfg)
+    bf16 = IJEPA.from_config(cfg.replace(target_amp="bf16"))
+    bf16.load_state_dict(exact.state_dict())
+    want = exact.forward_target(b.images, b.masks_pred, 1)
+    got = bf16.forward_target(b.images, b.masks_pred, 1)
+    # float32 out, computed in bf16: near the exact targets (layer-normed, so unit scale),
+    # not equal to them
+    assert got.dtype == torch.float32 and not torch.equal(got, want)
+    torch.testing.assert_close(got, want, atol=0.1, rtol=0.05)
+    # "none" wins over a caller's bf16 autocast, as `amp: bf16, target_amp: none` asks
+    fp32 = IJEPA.from_config(cfg.replace(target_amp="none"))
+    fp32.load_state_dict(exact.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fp32.forward_target(b.images, b.masks_pred, 1), want)
+    # the context encoder and predictor still train in float32 and get gradients
+    loss, _ = bf16(b.images, b.masks_enc, b.masks_pred)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert all(p.grad is not None for _, p in bf16.trainable())
+
+
 def test_variance_covariance_is_zero_for_whitened_and_high_for_collapsed_embeddings():
     white = torch.randn(4096, 8, generator=torch.Generator().manual_seed(0)) * 1.5
     assert variance_covariance(white) < 0.05
@@ -152,6 +176,8 @@ def test_objective_options_are_checked():
         tiny_cfg(vc_weight=-1.0)
     with pytest.raises(ConfigError, match="sigreg_weight must be >= 0"):
         tiny_cfg(sigreg_weight=-0.1)
+    with pytest.raises(ConfigError, match="target_amp"):
+        tiny_cfg(target_amp="fp16")
 
 
 def test_a_step_counts_fewer_flops_than_the_official_style_step_that_computes_every_token():

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from jepa.config import TARGET_AMP_MODES
+from jepa.device import autocast
 from jepa.ema import ema_update
 from jepa.models.vit import (
     VisionTransformer,
@@ -108,6 +110,7 @@ class IJEPA(nn.Module):
         target_last_blocks: int = 1,
         vc_weight: float = 0.0,
         sigreg_weight: float = 0.0,
+        target_amp: str = "same",
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -123,6 +126,11 @@ class IJEPA(nn.Module):
         self.target_last_blocks = target_last_blocks
         self.vc_weight = vc_weight
         self.sigreg_weight = sigreg_weight
+        if target_amp not in TARGET_AMP_MODES:
+            raise ValueError(
+                f"target_amp={target_amp!r} is not one of {', '.join(map(repr, TARGET_AMP_MODES))}"
+            )
+        self.target_amp = target_amp
         self.runners = _Runners(encoder, predictor, self.target_encoder)
 
     @classmethod
@@ -137,6 +145,7 @@ class IJEPA(nn.Module):
             target_last_blocks=cfg.target_last_blocks,
             vc_weight=cfg.vc_weight,
             sigreg_weight=cfg.sigreg_weight,
+            target_amp=cfg.target_amp,
         )
 
     # ---- the objective ----------------------------------------------------------------------
@@ -152,7 +161,18 @@ class IJEPA(nn.Module):
         The last block computes only the target blocks' tokens (all of them side by side,
         `(B, sum K_tgt, D)`), when they are fewer than the image's: no other token of it is
         a target, and the earlier blocks' tokens are all keys and values of the next.
+
+        With `target_amp` other than "same", the pass runs under that precision
+        (`jepa.device.autocast`) whatever the caller's autocast; the targets come out float32.
         """
+        if self.target_amp == "same":
+            return self._targets(images, masks_target, num_context)
+        with autocast(self.target_amp, images.device):
+            return self._targets(images, masks_target, num_context).float()
+
+    def _targets(
+        self, images: torch.Tensor, masks_target: Sequence[torch.Tensor], num_context: int
+    ) -> torch.Tensor:
         rows = torch.cat(list(masks_target), 1)
         patch = self.target_encoder.patch_size
         if rows.size(1) >= (images.size(-2) // patch) * (images.size(-1) // patch):
