@@ -46,6 +46,18 @@ def parse_encoder(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(item) for item in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--batch-size {text!r}: expected positive integers separated by commas, e.g. 128,32"
+        )
+    return sizes
+
+
 def evaluate_once(cfg: JEPAConfig, encoder: Path, work: Path) -> dict[str, float]:
     """Seconds of extraction and of probe + kNN, and the probe's figures, for one encoder."""
     start = time.perf_counter()
@@ -78,14 +90,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--batch-size",
-        default=None,
+        type=parse_sizes,
+        default=[],
         help="comma-separated extraction batch sizes (default: params' eval_batch_size)",
     )
     args = parser.parse_args()
 
     base = load_params(args.params)[0].replace(progress=False)
     amps = args.amp.split(",") if args.amp else [base.amp]
-    sizes = [int(b) for b in args.batch_size.split(",")] if args.batch_size else []
+    sizes = args.batch_size
     arms, configs = [], {}
     for name, path in args.encoder:
         depth = load_encoder(path).model_args()["depth"]

@@ -204,6 +204,52 @@ def convergence(name: str, data: tuple[np.ndarray, ...], grid: list[float]) -> l
     return rows
 
 
+def print_tables(
+    rows: list[dict],
+    objective_rows: list[dict],
+    convergence_rows: list[dict],
+    knn_rows: list[dict],
+    grid: list[float],
+) -> None:
+    """Print each table that has rows."""
+    if rows:
+        print(
+            f"\n{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} "
+            f"{'vs sklearn':>11}"
+        )
+    for row in rows:
+        print(
+            f"{row['features']:<24} {row['backend']:<18} {row['seconds']:>8.1f} "
+            f"{100 * row['top1']:>8.2f} {row['C']:>7.3g} {100 * row['vs sklearn']:>+10.2f}"
+        )
+    if objective_rows:
+        print("\n| features | objective (loss and gradient) | ms per evaluation | speed-up |")
+        print("|---|---|---:|---:|")
+    for row in objective_rows:
+        print(
+            f"| {row['features']} | {row['objective']} | {row['ms']:.1f} | {row['speed-up']:.2f}x |"
+        )
+    if convergence_rows:
+        header = " | ".join(f"C {c:g}" for c in grid)
+        print(f"\n| features | fitter | seconds | {header} |")
+        print("|---|---|---:|" + "---:|" * len(grid))
+    for row in convergence_rows:
+        cells = " | ".join(
+            f"{100 * v:.2f} ({n})" for v, n in zip(row["val"], row["iterations"], strict=True)
+        )
+        print(f"| {row['features']} | {row['fitter']} | {row['seconds']:.1f} | {cells} |")
+    if convergence_rows:
+        print("(validation top-1 %, in parentheses the fit's L-BFGS iterations)")
+    if knn_rows:
+        print("\n| features | k-NN chunk (rows) | seconds | speed-up | kNN top-1 % |")
+        print("|---|---:|---:|---:|---:|")
+    for row in knn_rows:
+        print(
+            f"| {row['features']} | {row['chunk']} | {row['seconds']:.2f} "
+            f"| {row['speed-up']:.2f}x | {100 * row['top1']:.2f} |"
+        )
+
+
 TABLES = ("backends", "objective", "convergence", "knn")
 
 
@@ -249,42 +295,7 @@ def main() -> None:
         if "knn" in tables:
             knn_rows += time_knn(name, data)
     print(f"machine: fp32 matmul {rate:.3f} TFLOP/s, torch threads {threads}")
-    if rows:
-        print(
-            f"\n{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} "
-            f"{'vs sklearn':>11}"
-        )
-    for row in rows:
-        print(
-            f"{row['features']:<24} {row['backend']:<18} {row['seconds']:>8.1f} "
-            f"{100 * row['top1']:>8.2f} {row['C']:>7.3g} {100 * row['vs sklearn']:>+10.2f}"
-        )
-    if objective_rows:
-        print("\n| features | objective (loss and gradient) | ms per evaluation | speed-up |")
-        print("|---|---|---:|---:|")
-    for row in objective_rows:
-        print(
-            f"| {row['features']} | {row['objective']} | {row['ms']:.1f} | {row['speed-up']:.2f}x |"
-        )
-    if convergence_rows:
-        header = " | ".join(f"C {c:g}" for c in args.grid)
-        print(f"\n| features | fitter | seconds | {header} |")
-        print("|---|---|---:|" + "---:|" * len(args.grid))
-    for row in convergence_rows:
-        cells = " | ".join(
-            f"{100 * v:.2f} ({n})" for v, n in zip(row["val"], row["iterations"], strict=True)
-        )
-        print(f"| {row['features']} | {row['fitter']} | {row['seconds']:.1f} | {cells} |")
-    if convergence_rows:
-        print("(validation top-1 %, in parentheses the fit's L-BFGS iterations)")
-    if knn_rows:
-        print("\n| features | k-NN chunk (rows) | seconds | speed-up | kNN top-1 % |")
-        print("|---|---:|---:|---:|---:|")
-    for row in knn_rows:
-        print(
-            f"| {row['features']} | {row['chunk']} | {row['seconds']:.2f} "
-            f"| {row['speed-up']:.2f}x | {100 * row['top1']:.2f} |"
-        )
+    print_tables(rows, objective_rows, convergence_rows, knn_rows, args.grid)
 
 
 if __name__ == "__main__":
