@@ -11,8 +11,8 @@ encoder's depth (all of its blocks, at most 4), as each default probes its own e
 `--amp none,bf16` times every encoder under each precision of its forward passes
 (`jepa.device.autocast`), with the probe's figures beside; `--batch-size 128,32` under
 each extraction batch size (`eval_batch_size`). The first encoder, under the first
-precision and batch size, is the baseline. Rounds alternate the encoders so that a machine whose
-speed drifts (CPU steal) hits them alike; the table gives the median seconds of each part
+precision and batch size, is the baseline. Rounds alternate the encoders so that a
+machine whose speed drifts (CPU steal) hits them alike; the table gives the median seconds of each part
 and the ratio to the baseline, beside the machine's fp32 matmul rate before and after.
 """
 
@@ -32,7 +32,7 @@ try:  # run as `python bench/eval_cost.py` (the bench folder on sys.path) or as 
 except ImportError:  # pragma: no cover
     from bench.train_step import matmul_tflops
 
-from jepa.config import JEPAConfig, load_params
+from jepa.config import AMP_MODES, JEPAConfig, load_params
 from jepa.evaluate import extract, probe
 from jepa.export import load_encoder
 
@@ -44,6 +44,17 @@ def parse_encoder(text: str) -> tuple[str, Path]:
     if not Path(path).exists():
         raise argparse.ArgumentTypeError(f"--encoder {text!r}: {path} does not exist")
     return name, Path(path)
+
+
+def parse_amps(text: str) -> list[str]:
+    amps = text.split(",")
+    unknown = [amp for amp in amps if amp not in AMP_MODES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"--amp {text!r}: {', '.join(map(repr, unknown))} is not one of "
+            f"{', '.join(map(repr, AMP_MODES))}"
+        )
+    return amps
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -74,6 +85,28 @@ def evaluate_once(cfg: JEPAConfig, encoder: Path, work: Path) -> dict[str, float
     }
 
 
+def build_arms(
+    base: JEPAConfig, encoders: list[tuple[str, Path]], amps: list[str], sizes: list[int]
+) -> tuple[list[tuple[str, Path]], dict[str, JEPAConfig]]:
+    """`(arm name, encoder path)` for every encoder x precision x batch size, in that
+    order, and each arm's config (the depth and probed blocks follow the encoder)."""
+    arms, configs = [], {}
+    for name, path in encoders:
+        depth = load_encoder(path).model_args()["depth"]
+        for amp, size in itertools.product(amps, sizes):
+            arm = name + ("" if len(amps) == 1 else f", amp={amp}")
+            arm += "" if len(sizes) == 1 else f", batch {size}"
+            arms.append((arm, path))
+            configs[arm] = base.replace(
+                depth=depth,
+                target_last_blocks=min(base.target_last_blocks, depth),
+                probe_last_blocks=min(depth, 4),
+                amp=amp,
+                eval_batch_size=size,
+            )
+    return arms, configs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,7 +118,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--amp",
-        default=None,
+        type=parse_amps,
+        default=[],
         help="comma-separated precisions to time each encoder under (default: params' amp)",
     )
     parser.add_argument(
@@ -97,22 +131,9 @@ def main() -> None:
     args = parser.parse_args()
 
     base = load_params(args.params)[0].replace(progress=False)
-    amps = args.amp.split(",") if args.amp else [base.amp]
-    sizes = args.batch_size
-    arms, configs = [], {}
-    for name, path in args.encoder:
-        depth = load_encoder(path).model_args()["depth"]
-        for amp, size in itertools.product(amps, sizes or [base.eval_batch_size]):
-            arm = name + ("" if len(amps) == 1 else f", amp={amp}")
-            arm += "" if len(sizes) < 2 else f", batch {size}"
-            arms.append((arm, path))
-            configs[arm] = base.replace(
-                depth=depth,
-                target_last_blocks=min(base.target_last_blocks, depth),
-                probe_last_blocks=min(depth, 4),
-                amp=amp,
-                eval_batch_size=size,
-            )
+    arms, configs = build_arms(
+        base, args.encoder, args.amp or [base.amp], args.batch_size or [base.eval_batch_size]
+    )
     cpu = torch.device("cpu")
     rate_before = matmul_tflops(cpu, torch.float32)
     times: dict[str, list[dict[str, float]]] = {name: [] for name, _ in arms}
