@@ -10,7 +10,9 @@ Evaluation is what the pipeline's `extract` and `probe` stages do with one encod
 encoder's depth (all of its blocks, at most 4), as each default probes its own encoder.
 `--amp none,bf16` times every encoder under each precision of its forward passes
 (`jepa.device.autocast`), with the probe's figures beside; `--batch-size 128,32` under
-each extraction batch size (`eval_batch_size`). The first encoder, under the first
+each extraction batch size (`eval_batch_size`); `--eager-inference` also with the encoder's
+blocks run eagerly instead of on oneDNN's fused linears (`jepa.models.vit.fused_inference`),
+the same math. The first encoder, under the first
 precision and batch size, is the baseline. Rounds alternate the encoders so that a
 machine whose speed drifts (CPU steal) hits them alike; the table gives the median seconds of each part
 and the ratio to the baseline, beside the machine's fp32 matmul rate before and after.
@@ -19,6 +21,7 @@ and the ratio to the baseline, beside the machine's fp32 matmul rate before and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import statistics
 import tempfile
@@ -28,9 +31,9 @@ from pathlib import Path
 import torch
 
 try:  # run as `python bench/eval_cost.py` (the bench folder on sys.path) or as a module
-    from train_step import matmul_tflops
+    from train_step import eager_inference, matmul_tflops
 except ImportError:  # pragma: no cover
-    from bench.train_step import matmul_tflops
+    from bench.train_step import eager_inference, matmul_tflops
 
 from jepa.config import AMP_MODES, JEPAConfig, load_params
 from jepa.evaluate import extract, probe
@@ -86,17 +89,23 @@ def evaluate_once(cfg: JEPAConfig, encoder: Path, work: Path) -> dict[str, float
 
 
 def build_arms(
-    base: JEPAConfig, encoders: list[tuple[str, Path]], amps: list[str], sizes: list[int]
-) -> tuple[list[tuple[str, Path]], dict[str, JEPAConfig]]:
-    """`(arm name, encoder path)` for every encoder x precision x batch size, in that
-    order, and each arm's config (the depth and probed blocks follow the encoder)."""
+    base: JEPAConfig,
+    encoders: list[tuple[str, Path]],
+    amps: list[str],
+    sizes: list[int],
+    eager: bool = False,
+) -> tuple[list[tuple[str, Path, bool]], dict[str, JEPAConfig]]:
+    """`(arm name, encoder path, eager)` for every encoder x precision x batch size (x
+    fused and eager inference, with `eager`), in that order, and each arm's config (the
+    depth and probed blocks follow the encoder)."""
     arms, configs = [], {}
     for name, path in encoders:
         depth = load_encoder(path).model_args()["depth"]
-        for amp, size in itertools.product(amps, sizes):
+        for amp, size, run_eager in itertools.product(amps, sizes, (False, True)[: 1 + eager]):
             arm = name + ("" if len(amps) == 1 else f", amp={amp}")
             arm += "" if len(sizes) == 1 else f", batch {size}"
-            arms.append((arm, path))
+            arm += ", eager inference" if run_eager else ""
+            arms.append((arm, path, run_eager))
             configs[arm] = base.replace(
                 depth=depth,
                 target_last_blocks=min(base.target_last_blocks, depth),
@@ -128,20 +137,30 @@ def main() -> None:
         default=[],
         help="comma-separated extraction batch sizes (default: params' eval_batch_size)",
     )
+    parser.add_argument(
+        "--eager-inference",
+        action="store_true",
+        help="also time each arm with the encoder's blocks run eagerly (not fused)",
+    )
     args = parser.parse_args()
 
     base = load_params(args.params)[0].replace(progress=False)
     arms, configs = build_arms(
-        base, args.encoder, args.amp or [base.amp], args.batch_size or [base.eval_batch_size]
+        base,
+        args.encoder,
+        args.amp or [base.amp],
+        args.batch_size or [base.eval_batch_size],
+        args.eager_inference,
     )
     cpu = torch.device("cpu")
     rate_before = matmul_tflops(cpu, torch.float32)
-    times: dict[str, list[dict[str, float]]] = {name: [] for name, _ in arms}
+    times: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in arms}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for name, path in arms:
+            for name, path, run_eager in arms:
                 work = Path(tmp) / f"{name}-{r}"
-                times[name].append(evaluate_once(configs[name], path, work))
+                with eager_inference() if run_eager else contextlib.nullcontext():
+                    times[name].append(evaluate_once(configs[name], path, work))
                 print(f"round {r + 1}: {name} {times[name][-1]['total_s']:.1f} s", flush=True)
     rate_after = matmul_tflops(cpu, torch.float32)
 
@@ -152,7 +171,7 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     baseline = None
-    for name, _ in arms:
+    for name, _, _ in arms:
         med = {k: statistics.median(t[k] for t in times[name]) for k in times[name][0]}
         baseline = baseline or med["total_s"]
         print(

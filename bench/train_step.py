@@ -11,6 +11,8 @@ masks (the collator's, keyed by sample index, a new batch of indices every step)
   last block of the target encoder and of the predictor computing only the tokens the loss
   reads (the targets; the mask tokens);
 - `jepa compiled` (`--compile`): the same under `torch.compile`;
+- `jepa, eager inference` (`--eager-inference`): the same with the target encoder's blocks
+  run eagerly instead of on oneDNN's fused linears (`jepa.models.vit.fused_inference`);
 - `jepa, KEY=VALUE ...` (`--vs`): the same code on another recipe (the config with those
   overrides), to weigh a recipe's cost per step against the config's;
 - `baseline`: attention written out as softmax(QK^T/sqrt(d))V, a per-parameter Python
@@ -96,10 +98,22 @@ def official_style():
     vit.patch_tokens = strided_patch_tokens
     vit.run_blocks = every_token(run_blocks)
     try:
-        yield
+        with eager_inference():
+            yield
     finally:
         vit.F.scaled_dot_product_attention, ijepa.ema_update, vit.patch_tokens = saved
         vit.run_blocks = run_blocks
+
+
+@contextlib.contextmanager
+def eager_inference():
+    """Blocks without autograd run eagerly (separate linear, GELU and residual sum), not on
+    `vit`'s fused oneDNN path, for the duration of the block."""
+    saved, vit.FUSED_INFERENCE = vit.FUSED_INFERENCE, False
+    try:
+        yield
+    finally:
+        vit.FUSED_INFERENCE = saved
 
 
 class OfficialModel:
@@ -233,7 +247,9 @@ def step_flops(
         batch = collator(synthetic_samples(cfg, cfg.batch_size, k * cfg.batch_size))
         images = batch.images.to(device)
         masks = [m.to(device) for m in batch.masks_enc], [m.to(device) for m in batch.masks_pred]
-        style = official_style() if variant == "baseline" else contextlib.nullcontext()
+        # The flop counter has no formula for oneDNN's fused linears: count the eager ops,
+        # the same math.
+        style = official_style() if variant == "baseline" else eager_inference()
         with style, FlopCounterMode(display=False) as counter, autocast(cfg.amp, device):
             if variant == "official":
                 official.step(images, *masks, optimizer, momentum=0.996)
@@ -294,13 +310,16 @@ def uses_bf16(amp: str, device: torch.device) -> bool:
         return torch.is_autocast_enabled(device.type)
 
 
+VARIANT_STYLES = {"baseline": official_style, "jepa, eager inference": eager_inference}
+
+
 def time_in_rounds(variants: dict[str, JEPAConfig], device: torch.device, args) -> dict:
     """Each variant timed `args.rounds` times, in turn (A B A B ...), so a machine that
     speeds up or slows down during the run favours none; the median round is kept."""
     rounds: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, cfg in variants.items():
-            style = official_style() if name == "baseline" else contextlib.nullcontext()
+            style = VARIANT_STYLES.get(name, contextlib.nullcontext)()
             src = args.official_src if name == "official" else None
             with style:
                 rounds[name].append(run_variant(cfg, device, args.steps, args.warmup, src))
@@ -338,6 +357,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline")
+    parser.add_argument(
+        "--eager-inference",
+        action="store_true",
+        help="also time `jepa` with its no-grad blocks (the target encoder) run eagerly",
+    )
     parser.add_argument(
         "--official-src", help="a checkout of facebookresearch/ijepa: time its own modules too"
     )
@@ -437,6 +461,8 @@ def main() -> None:
         variants = {"jepa": cfg}
         if args.compile:
             variants["jepa compiled"] = cfg.replace(compile=True)
+        if args.eager_inference:
+            variants["jepa, eager inference"] = cfg
         if not args.no_baseline:
             variants["baseline"] = cfg
         if args.official_src:

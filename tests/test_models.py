@@ -13,6 +13,7 @@ from jepa.models import (
     repeat_interleave_batch,
     sincos_pos_embed_2d,
     unwrap,
+    vit,
 )
 
 
@@ -115,6 +116,52 @@ def test_the_last_block_computes_only_the_listed_rows(checkpointing):
     apply_masks(enc(x), [rows]).square().sum().backward()
     for n, p in enc.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, msg=n)
+
+
+def eager_and_fused(fn):
+    """`fn()` without autograd, once with the blocks run eagerly and once fused."""
+    with torch.no_grad():
+        vit.FUSED_INFERENCE = False
+        try:
+            eager = fn()
+        finally:
+            vit.FUSED_INFERENCE = True
+        return eager, fn()
+
+
+def test_fused_inference_is_taken_only_without_autograd_in_float32():
+    x = torch.randn(2, 49, 48)
+    with torch.no_grad():
+        if not vit.fused_inference(x):
+            pytest.skip("this torch has no oneDNN fused linear")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not vit.fused_inference(x)
+        assert not vit.fused_inference(x.double())
+    assert not vit.fused_inference(x)  # autograd on: the eager blocks, which have gradients
+    block = vit.Block(48, 3, drop_path=0.1)
+    with torch.no_grad():
+        assert not block.train().fuses(x)  # stochastic depth drops branches in training
+        assert block.eval().fuses(x)
+
+
+@pytest.mark.parametrize(
+    "rows", [None, slice(30, None), torch.stack([torch.randperm(49)[:17] for _ in range(2)])]
+)
+def test_fused_blocks_compute_what_the_eager_blocks_do(rows):
+    torch.manual_seed(0)
+    enc = build_encoder(tiny_cfg(depth=3))
+    for p in enc.parameters():  # weights far from the init's small values
+        p.data.normal_(0, 0.3)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        if not vit.fused_inference(torch.zeros(1)):
+            pytest.skip("this torch has no oneDNN fused linear")
+    eager, fused = eager_and_fused(lambda: enc.block_outputs(x, 3, rows=rows))
+    assert eager[-1].abs().max() > 1  # large enough activations to tell an error apart
+    for h_eager, h_fused in zip(eager, fused, strict=True):
+        torch.testing.assert_close(h_fused, h_eager, rtol=1e-5, atol=1e-5)
+    eager, fused = eager_and_fused(lambda: enc.forward_features(x, 2))
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
 
 
 def test_position_embedding_follows_the_input_resolution():

@@ -11,6 +11,7 @@ patches' embeddings from the context tokens.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -81,6 +82,51 @@ def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> to
     )
 
 
+# --------------------------------------------------------------------------- fused inference
+
+FUSED_INFERENCE = True
+"""Whether blocks run without autograd on the CPU in float32 take the fused path.
+`bench/train_step.py` and `bench/eval_cost.py` turn it off to time the eager path."""
+
+
+@functools.cache
+def _has_onednn_linear() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def fused_inference(x: torch.Tensor) -> bool:
+    """Whether a block given `x` runs on oneDNN's fused linears: no autograd, a float32
+    CPU tensor, no autocast, and a torch built with oneDNN.
+
+    The same math to float32 rounding. The target encoder's forward pass in training, the
+    online kNN monitor and feature extraction all run this way: the GELU is applied, and
+    the residual added, while each linear's output is still in cache, and the bias copy
+    of `addmm` goes. `bench/eval_cost.py` and `bench/train_step.py` time it against eager.
+    """
+    return (
+        FUSED_INFERENCE
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and _has_onednn_linear()
+    )
+
+
+def _onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none"
+) -> torch.Tensor:
+    """`act(F.linear(x, weight, bias))` in one oneDNN call; `act` is "none" or "gelu" (erf)."""
+    return torch.ops.mkldnn._linear_pointwise(
+        x, weight, bias, act, [], "none" if act == "gelu" else ""
+    )
+
+
+def _onednn_linear_add(x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
+    """`residual + linear(x)` in one oneDNN call."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.weight, linear.bias, "add")
+
+
 # --------------------------------------------------------------------------- blocks
 
 
@@ -114,22 +160,28 @@ class Attention(nn.Module):
         With `rows`, only those tokens query; every token is still a key and a value. The
         queries are projected by the first third of `qkv`, so the weights are the same.
         """
+        return self.proj(self.attend(x, rows))
+
+    def attend(self, x: torch.Tensor, rows: Rows = None, linear=F.linear) -> torch.Tensor:
+        """The heads' outputs before the output projection, `(B, N or R, D)`; `linear`
+        computes the query, key and value projections."""
         b, n, d = x.shape
         heads = self.num_heads
+        weight, bias = self.qkv.weight, self.qkv.bias
         if rows is None:
-            q, k, v = self.qkv(x).view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+            qkv = linear(x, weight, bias)
+            q, k, v = qkv.view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
         else:
-            weight, bias = self.qkv.weight, self.qkv.bias
             k, v = (
-                F.linear(x, weight[d:], None if bias is None else bias[d:])
+                linear(x, weight[d:], None if bias is None else bias[d:])
                 .view(b, n, 2, heads, d // heads)
                 .permute(2, 0, 3, 1, 4)
             )
             x = take_rows(x, rows)
-            q = F.linear(x, weight[:d], None if bias is None else bias[:d])
+            q = linear(x, weight[:d], None if bias is None else bias[:d])
             q = q.view(b, x.size(1), heads, d // heads).transpose(1, 2)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, -1, d))
+        return x.transpose(1, 2).reshape(b, -1, d)
 
 
 class Mlp(nn.Module):
@@ -164,11 +216,28 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rows: Rows = None) -> torch.Tensor:
         """`(B, N, D)` → `(B, N, D)`; with `rows`, only those tokens' outputs `(B, R, D)`."""
+        if self.fuses(x):
+            return self._forward_fused(x, rows)
         h = self.attn(self.norm1(x), rows)
         if rows is not None:
             x = take_rows(x, rows)
         x = x + self.drop_path1(h)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+    def fuses(self, x: torch.Tensor) -> bool:
+        """Whether this call takes the fused no-grad path (see `fused_inference`)."""
+        dropping = self.training and (self.drop_path1.p > 0 or self.drop_path2.p > 0)
+        return not dropping and fused_inference(x)
+
+    def _forward_fused(self, x: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """The same block with oneDNN's fused linears: the GELU inside the first MLP
+        linear, each residual sum inside the linear before it."""
+        h = self.attn.attend(self.norm1(x), rows, linear=_onednn_linear)
+        if rows is not None:
+            x = take_rows(x, rows).contiguous()
+        x = _onednn_linear_add(h, self.attn.proj, x)
+        h = _onednn_linear(self.norm2(x), self.mlp.fc1.weight, self.mlp.fc1.bias, "gelu")
+        return _onednn_linear_add(h, self.mlp.fc2, x)
 
 
 def patch_tokens(x: torch.Tensor) -> torch.Tensor:
