@@ -147,7 +147,7 @@ def test_fused_inference_is_taken_only_without_autograd_in_float32():
 @pytest.mark.parametrize(
     "rows", [None, slice(30, None), torch.stack([torch.randperm(49)[:17] for _ in range(2)])]
 )
-def test_fused_blocks_compute_what_the_eager_blocks_do(rows):
+def test_fused_blocks_compute_what_the_eager_blocks_do(rows, monkeypatch):
     torch.manual_seed(0)
     enc = build_encoder(tiny_cfg(depth=3))
     for p in enc.parameters():  # weights far from the init's small values
@@ -156,7 +156,11 @@ def test_fused_blocks_compute_what_the_eager_blocks_do(rows):
     with torch.no_grad():
         if not vit.fused_inference(torch.zeros(1)):
             pytest.skip("this torch has no oneDNN fused linear")
+    calls = []
+    fused_linear = vit._onednn_linear_add
+    monkeypatch.setattr(vit, "_onednn_linear_add", lambda *a: calls.append(1) or fused_linear(*a))
     eager, fused = eager_and_fused(lambda: enc.block_outputs(x, 3, rows=rows))
+    assert len(calls) == 2 * 3  # the fused run took the fused path in every block
     assert eager[-1].abs().max() > 1  # large enough activations to tell an error apart
     for h_eager, h_fused in zip(eager, fused, strict=True):
         torch.testing.assert_close(h_fused, h_eager, rtol=1e-5, atol=1e-5)
