@@ -116,6 +116,28 @@ def build_arms(
     return arms, configs
 
 
+def print_table(
+    arms: list[tuple[str, Path, bool]],
+    configs: dict[str, JEPAConfig],
+    times: dict[str, list[dict[str, float]]],
+) -> None:
+    """One row per arm: the median seconds of each part, the ratio to the first arm, and
+    the probe's figures."""
+    print(
+        "| encoder | blocks probed | extract s | probe + kNN s | total s | vs baseline | val top-1 | test top-1 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    baseline = None
+    for name, _, _ in arms:
+        med = {k: statistics.median(t[k] for t in times[name]) for k in times[name][0]}
+        baseline = baseline or med["total_s"]
+        print(
+            f"| {name} | {configs[name].probe_last_blocks} | {med['extract_s']:.1f} "
+            f"| {med['probe_s']:.1f} | {med['total_s']:.1f} | {med['total_s'] / baseline:.2f}× "
+            f"| {100 * med['val_top1']:.2f} | {100 * med['top1']:.2f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -166,19 +188,7 @@ def main() -> None:
 
     print(f"\nfp32 matmul {rate_before:.3f} TFLOP/s before, {rate_after:.3f} after")
     print(f"median of {args.rounds} alternating rounds; the first encoder is the baseline\n")
-    print(
-        "| encoder | blocks probed | extract s | probe + kNN s | total s | vs baseline | val top-1 | test top-1 |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    baseline = None
-    for name, _, _ in arms:
-        med = {k: statistics.median(t[k] for t in times[name]) for k in times[name][0]}
-        baseline = baseline or med["total_s"]
-        print(
-            f"| {name} | {configs[name].probe_last_blocks} | {med['extract_s']:.1f} "
-            f"| {med['probe_s']:.1f} | {med['total_s']:.1f} | {med['total_s'] / baseline:.2f}× "
-            f"| {100 * med['val_top1']:.2f} | {100 * med['top1']:.2f} |"
-        )
+    print_table(arms, configs, times)
 
 
 if __name__ == "__main__":

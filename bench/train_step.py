@@ -439,6 +439,22 @@ def print_split(cfg: JEPAConfig, device: torch.device, steps: int, warmup: int) 
         print(f"| {name} | {ms:.1f} | {100 * ms / total:.0f}% |")
 
 
+def build_variants(cfg: JEPAConfig, args: argparse.Namespace) -> dict[str, JEPAConfig]:
+    """The variants the command line asks for, by name, each with its config."""
+    variants = {"jepa": cfg}
+    if args.compile:
+        variants["jepa compiled"] = cfg.replace(compile=True)
+    if args.eager_inference:
+        variants["jepa, eager inference"] = cfg
+    if not args.no_baseline:
+        variants["baseline"] = cfg
+    if args.official_src:
+        variants["official"] = cfg
+    for spec in args.vs:
+        variants[f"jepa, {spec}"] = cfg.replace(**parse_overrides(spec.split()))
+    return variants
+
+
 def main() -> None:
     args = parse_args()
     base_cfg = load_config(args)
@@ -458,17 +474,7 @@ def main() -> None:
             f"grid={cfg.grid_size}x{cfg.grid_size} encoder={cfg.embed_dim}x{cfg.depth} "
             f"heads={cfg.num_heads} predictor={cfg.pred_embed_dim}x{cfg.pred_depth}"
         )
-        variants = {"jepa": cfg}
-        if args.compile:
-            variants["jepa compiled"] = cfg.replace(compile=True)
-        if args.eager_inference:
-            variants["jepa, eager inference"] = cfg
-        if not args.no_baseline:
-            variants["baseline"] = cfg
-        if args.official_src:
-            variants["official"] = cfg
-        for spec in args.vs:
-            variants[f"jepa, {spec}"] = cfg.replace(**parse_overrides(spec.split()))
+        variants = build_variants(cfg, args)
         results = time_in_rounds(variants, device, args)
         flops = {
             name: step_flops(
