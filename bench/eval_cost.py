@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 
 try:  # run as `python bench/eval_cost.py` (the bench folder on sys.path) or as a module
-    from train_step import eager_inference, matmul_tflops
+    from train_step import matmul_tflops
 except ImportError:  # pragma: no cover
-    from bench.train_step import eager_inference, matmul_tflops
+    from bench.train_step import matmul_tflops
 
 from jepa.config import AMP_MODES, JEPAConfig, load_params
 from jepa.evaluate import extract, probe
 from jepa.export import load_encoder
+from jepa.models.vit import eager_inference
 
 
 def parse_encoder(text: str) -> tuple[str, Path]:

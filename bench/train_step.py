@@ -98,22 +98,11 @@ def official_style():
     vit.patch_tokens = strided_patch_tokens
     vit.run_blocks = every_token(run_blocks)
     try:
-        with eager_inference():
+        with vit.eager_inference():
             yield
     finally:
         vit.F.scaled_dot_product_attention, ijepa.ema_update, vit.patch_tokens = saved
         vit.run_blocks = run_blocks
-
-
-@contextlib.contextmanager
-def eager_inference():
-    """Blocks without autograd run eagerly (separate linear, GELU and residual sum), not on
-    `vit`'s fused oneDNN path, for the duration of the block."""
-    saved, vit.FUSED_INFERENCE = vit.FUSED_INFERENCE, False
-    try:
-        yield
-    finally:
-        vit.FUSED_INFERENCE = saved
 
 
 class OfficialModel:
@@ -249,7 +238,7 @@ def step_flops(
         masks = [m.to(device) for m in batch.masks_enc], [m.to(device) for m in batch.masks_pred]
         # The flop counter has no formula for oneDNN's fused linears: count the eager ops,
         # the same math.
-        style = official_style() if variant == "baseline" else eager_inference()
+        style = official_style() if variant == "baseline" else vit.eager_inference()
         with style, FlopCounterMode(display=False) as counter, autocast(cfg.amp, device):
             if variant == "official":
                 official.step(images, *masks, optimizer, momentum=0.996)
@@ -310,7 +299,7 @@ def uses_bf16(amp: str, device: torch.device) -> bool:
         return torch.is_autocast_enabled(device.type)
 
 
-VARIANT_STYLES = {"baseline": official_style, "jepa, eager inference": eager_inference}
+VARIANT_STYLES = {"baseline": official_style, "jepa, eager inference": vit.eager_inference}
 
 
 def time_in_rounds(variants: dict[str, JEPAConfig], device: torch.device, args) -> dict:

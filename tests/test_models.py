@@ -121,11 +121,8 @@ def test_the_last_block_computes_only_the_listed_rows(checkpointing):
 def eager_and_fused(fn):
     """`fn()` without autograd, once with the blocks run eagerly and once fused."""
     with torch.no_grad():
-        vit.FUSED_INFERENCE = False
-        try:
+        with vit.eager_inference():
             eager = fn()
-        finally:
-            vit.FUSED_INFERENCE = True
         return eager, fn()
 
 

@@ -11,9 +11,10 @@ patches' embeddings from the context tokens.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,8 +86,21 @@ def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> to
 # --------------------------------------------------------------------------- fused inference
 
 FUSED_INFERENCE = True
-"""Whether blocks run without autograd on the CPU in float32 take the fused path.
-`bench/train_step.py` and `bench/eval_cost.py` turn it off to time the eager path."""
+"""Whether blocks run without autograd on the CPU in float32 take the fused path
+(`eager_inference` turns it off for a while)."""
+
+
+@contextlib.contextmanager
+def eager_inference() -> Iterator[None]:
+    """Blocks without autograd run eagerly (separate linear, GELU and residual sum), not on
+    the fused oneDNN path, for the duration of the block: how the benches time the eager
+    path and the tests compare the two."""
+    global FUSED_INFERENCE
+    saved, FUSED_INFERENCE = FUSED_INFERENCE, False
+    try:
+        yield
+    finally:
+        FUSED_INFERENCE = saved
 
 
 @functools.cache
