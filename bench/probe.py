@@ -5,10 +5,13 @@
 
 The protocol is `jepa.probe.linear_probe`'s (C chosen on a stratified 10% of the TRAINING
 split, refit on all of it, the test split read once): sklearn's L-BFGS first (the
-baseline), then the torch L-BFGS backend at torch's thread count and on one thread. With
+accuracy baseline), then the lbfgs backend driven by `torch.optim.LBFGS` (the speed
+baseline: the probe's minimiser until 2026-12-07), then the lbfgs backend as it runs
+(`jepa.lbfgs`) at torch's thread count and on one thread. With
 `--pixels` the raw-pixel features of the same dataset (the pipeline's baseline) are probed
 too, read from `params.yaml`'s dataset. Prints one table: seconds, top-1, the chosen C and
-each backend's top-1 difference from sklearn, beside the machine's fp32 matmul rate.
+each backend's top-1 difference from sklearn, beside the machine's fp32 matmul rate and
+the seconds a fresh process spends importing `torch._dynamo` (which `torch.optim` does).
 
 A second table times one evaluation of the L-BFGS objective (penalised cross-entropy and
 its gradient) on the standardised training features: autograd's forward and backward, the
@@ -28,7 +31,10 @@ rounds; each must give the baseline's top-1. `--tables knn` runs that table alon
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -38,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.exceptions import ConvergenceWarning
 
-from jepa import probe
+from jepa import lbfgs, probe
 from jepa.features import load_features
 
 try:  # run as `python bench/probe.py` (the bench folder on sys.path) or as a module
@@ -64,22 +70,75 @@ def pixel_features(params: Path) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+def torch_optim_minimize(
+    function, x: torch.Tensor, *, max_iter: int, tolerance_grad: float, history_size: int
+) -> lbfgs.Result:
+    """`jepa.lbfgs.minimize`'s interface driven by `torch.optim.LBFGS`, as the probe
+    minimised until 2026-12-07: the baseline of the backends table."""
+    point = x.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [point],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=1e-10,
+        history_size=history_size,
+        line_search_fn="strong_wolfe",
+    )
+    evaluations = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        value, point.grad = function(point.detach())
+        return value
+
+    optimizer.step(closure)
+    value, gradient = function(point.detach())
+    iterations = int(optimizer.state[point]["n_iter"])
+    return lbfgs.Result(point.detach(), float(value), gradient, iterations, evaluations)
+
+
+def dynamo_import_seconds() -> float:
+    """Seconds a fresh process spends importing `torch._dynamo` after torch, which
+    constructing any `torch.optim` optimizer does (and `jepa.lbfgs` avoids)."""
+    code = (
+        "import time, torch; t = time.perf_counter(); import torch._dynamo; "
+        "print(time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
 def time_backends(name: str, data: tuple[np.ndarray, ...], threads: int) -> list[dict]:
+    """sklearn (the accuracy reference), the lbfgs backend driven by `torch.optim.LBFGS`
+    (the speed baseline), and the lbfgs backend as it runs, on all threads and on one."""
     train_x, train_y, test_x, test_y = data
     train_x = np.asarray(train_x, dtype=np.float32)
-    runs = [("sklearn", None), ("lbfgs", None), ("lbfgs", 1)]
+    # Imported before timing, so that no row pays the import (printed beside the table).
+    importlib.import_module("torch._dynamo")
+    runs = [
+        ("sklearn", None, None),
+        ("lbfgs, torch.optim", None, torch_optim_minimize),
+        ("lbfgs", None, None),
+        ("lbfgs", 1, None),
+    ]
     rows, reference = [], None
-    for backend, thread_count in runs:
+    for label, thread_count, minimizer in runs:
+        backend = label.split(",")[0]
+        options = {"minimizer": minimizer} if minimizer else {}
         with probe.torch_threads(thread_count), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             start = time.perf_counter()
-            metrics = probe.linear_probe(train_x, train_y, test_x, test_y, backend=backend)
+            metrics = probe.linear_probe(
+                train_x, train_y, test_x, test_y, backend=backend, **options
+            )
             seconds = time.perf_counter() - start
         reference = metrics["top1"] if reference is None else reference
         rows.append(
             {
                 "features": f"{name} ({train_x.shape[1]}-d)",
-                "backend": backend
+                "backend": label
                 + ("" if backend == "sklearn" else f", {thread_count or threads} thr"),
                 "seconds": seconds,
                 "top1": metrics["top1"],
@@ -214,12 +273,12 @@ def print_tables(
     """Print each table that has rows."""
     if rows:
         print(
-            f"\n{'features':<24} {'backend':<18} {'seconds':>8} {'top1 %':>8} {'C':>7} "
+            f"\n{'features':<24} {'backend':<26} {'seconds':>8} {'top1 %':>8} {'C':>7} "
             f"{'vs sklearn':>11}"
         )
     for row in rows:
         print(
-            f"{row['features']:<24} {row['backend']:<18} {row['seconds']:>8.1f} "
+            f"{row['features']:<24} {row['backend']:<26} {row['seconds']:>8.1f} "
             f"{100 * row['top1']:>8.2f} {row['C']:>7.3g} {100 * row['vs sklearn']:>+10.2f}"
         )
     if objective_rows:
@@ -295,6 +354,11 @@ def main() -> None:
         if "knn" in tables:
             knn_rows += time_knn(name, data)
     print(f"machine: fp32 matmul {rate:.3f} TFLOP/s, torch threads {threads}")
+    if rows:
+        print(
+            f"a fresh process imports torch._dynamo, which any torch.optim optimizer does, in "
+            f"{dynamo_import_seconds():.2f} s (not in the table: this process imported it once)"
+        )
     print_tables(rows, objective_rows, convergence_rows, knn_rows, args.grid)
 
 

@@ -47,13 +47,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
 from tqdm.auto import tqdm
+
+from jepa import lbfgs
 
 DEFAULT_C_GRID: tuple[float, ...] = tuple(np.logspace(-3, 1, 5).tolist())
 DEFAULT_LR_GRID: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
@@ -68,6 +66,7 @@ LBFGS_MAX_ITER = 500  # L-BFGS iterations per torch fit (a warm start needs far 
 # C on both; 1e-3 read both 0.2 low, and its warm-started pixel fits at C >= 1 stopped after
 # 0 iterations (docs/experiments.md, The probe at weak regularisation).
 LBFGS_TOLERANCE = 1e-4
+LBFGS_HISTORY = 20  # curvature pairs kept
 # Below this many feature values (rows x dims) a fit runs on one CPU thread: small products
 # are latency-bound, and on busy cores thread hand-offs made them ~10x slower.
 LBFGS_ONE_THREAD_BELOW = 1 << 22
@@ -191,6 +190,13 @@ def _positions(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 def fit_sklearn(features: Rows, targets: np.ndarray, params: dict, *, seed: int = 0) -> Scorer:
     """StandardScaler + multinomial L-BFGS logistic regression with `params["C"]`."""
+    # Imported here, like every sklearn import of this module: sklearn takes 1.3 s to
+    # import, and the pretraining (through the kNN monitor) and the lbfgs backend never use it.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     pipeline = make_pipeline(
         StandardScaler(),
         LogisticRegression(C=params["C"], max_iter=SKLEARN_MAX_ITER, random_state=seed),
@@ -336,6 +342,12 @@ class MultinomialObjective:
         loss = total.to(weight.dtype) / self.count + self.penalty * (weight * weighted).sum()
         return loss, grad_weight, grad_bias
 
+    def flat(self, point: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(loss, gradient)` at `point` `(K * D + K,)`: the weight's rows, then the bias."""
+        weight = point[:-classes].view(classes, -1)
+        loss, grad_weight, grad_bias = self(weight, point[-classes:])
+        return loss, torch.cat([grad_weight.flatten(), grad_bias])
+
 
 class Whitening:
     """An exact change of coordinates that makes L-BFGS converge on correlated features.
@@ -409,9 +421,13 @@ class LbfgsFitter:
         max_iter: int = LBFGS_MAX_ITER,
         tolerance: float = LBFGS_TOLERANCE,
         warm_start: bool = True,
+        minimizer: Callable[..., lbfgs.Result] = lbfgs.minimize,
     ) -> None:
+        """`minimizer`: `jepa.lbfgs.minimize` or a function with its signature (the
+        benches time others against it)."""
         self.device = torch.device(device)
         self.max_iter, self.tolerance, self.warm_start = max_iter, tolerance, warm_start
+        self.minimizer = minimizer
         self.previous: tuple[torch.Tensor, torch.Tensor] | None = None
         self.solutions: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # by C
         self.iterations: list[int] = []  # L-BFGS iterations of each fit, in order
@@ -441,40 +457,31 @@ class LbfgsFitter:
         inputs = whitening.inputs(standardised)
         labels = torch.from_numpy(targets).to(self.device)
         previous = self.solutions.get(params["C"], self.previous) if self.warm_start else None
-        # L-BFGS works on the whitened weights; the scorer keeps the standardised ones.
-        weight = torch.zeros_like(linear.weight, requires_grad=True)
-        bias = torch.zeros_like(linear.bias, requires_grad=True)
-        with torch.no_grad():
-            if previous is not None and previous[0].shape == linear.weight.shape:
-                weight.copy_(whitening.to_whitened(previous[0]))
-                bias.copy_(previous[1])
-        optimizer = torch.optim.LBFGS(
-            [weight, bias],
-            lr=1.0,
-            max_iter=self.max_iter,
-            tolerance_grad=self.tolerance,
-            tolerance_change=1e-10,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
-
+        # L-BFGS works on the whitened weights, flattened with the bias after them; the
+        # scorer keeps the standardised ones.
+        start = torch.zeros(linear.weight.numel() + classes, device=self.device)
+        if previous is not None and previous[0].shape == linear.weight.shape:
+            start = torch.cat([whitening.to_whitened(previous[0]).flatten(), previous[1]])
         function = MultinomialObjective(
             inputs, labels, penalty, column_weights=whitening.scale.square()
         )
-
-        @torch.no_grad()
-        def objective() -> torch.Tensor:
-            loss, weight.grad, bias.grad = function(weight, bias)
-            return loss
-
         one_thread = inputs.device.type == "cpu" and inputs.numel() < LBFGS_ONE_THREAD_BELOW
-        with torch_threads(1 if one_thread else None):
-            optimizer.step(objective)
-        iterations = int(optimizer.state[weight]["n_iter"])
+        with torch_threads(1 if one_thread else None), torch.no_grad():
+            result = self.minimizer(
+                functools.partial(function.flat, classes=classes),
+                start,
+                max_iter=self.max_iter,
+                tolerance_grad=self.tolerance,
+                history_size=LBFGS_HISTORY,
+            )
+        iterations = result.iterations
         with torch.no_grad():
+            weight = result.x[: linear.weight.numel()].view_as(linear.weight)
             linear.weight.copy_(whitening.from_whitened(weight))
-            linear.bias.copy_(bias)
+            linear.bias.copy_(result.x[linear.weight.numel() :])
         if iterations >= self.max_iter:
+            from sklearn.exceptions import ConvergenceWarning  # the sklearn backend's warning
+
             warnings.warn(
                 f"L-BFGS stopped at max_iter={self.max_iter} before converging (C={params['C']:g})",
                 ConvergenceWarning,
@@ -572,8 +579,9 @@ def _fitter(backend: str, seed: int, **torch_options: Any) -> Callable:
     """`fit(rows, targets, hyperparameters) -> scorer` of `backend`."""
     if backend == "sklearn":
         return functools.partial(fit_sklearn, seed=seed)
+    minimizer = torch_options.pop("minimizer")
     if backend == "lbfgs":
-        return LbfgsFitter(device=torch_options["device"])
+        return LbfgsFitter(device=torch_options["device"], minimizer=minimizer)
     return functools.partial(fit_torch, seed=seed, **torch_options)
 
 
@@ -593,12 +601,13 @@ def linear_probe(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    minimizer: Callable[..., lbfgs.Result] = lbfgs.minimize,
 ) -> dict:
     """Linear-probe accuracy of `train_x (N, D)` / `test_x (M, D)` features (module docstring).
 
-    `c_grid` is the grid of the L-BFGS backends (lbfgs, sklearn); `lr_grid`, `wd_grid`,
-    `epochs` and `batch_size` configure the torch (AdamW) backend; `device` both torch
-    backends. Returns top1, top5 (more than 5 classes), per_class_accuracy
+    `c_grid` is the grid of the L-BFGS backends (lbfgs, sklearn); `minimizer` the lbfgs
+    backend's (`LbfgsFitter`); `lr_grid`, `wd_grid`, `epochs` and `batch_size` configure
+    the torch (AdamW) backend; `device` both torch backends. Returns top1, top5 (more than 5 classes), per_class_accuracy
     (aligned with `classes`), hyperparameters, val_top1, selection, n_train, n_val, n_test,
     feature_dim, num_classes, backend, protocol.
     """
@@ -611,7 +620,9 @@ def linear_probe(
     fit_idx, val_idx = stratified_holdout(targets, val_fraction, seed)
     if backend in ("sklearn", "lbfgs"):
         train_x = np.asarray(train_x, dtype=np.float32)  # L-BFGS needs it in memory anyway
-    fit = _fitter(backend, seed, epochs=epochs, batch_size=batch_size, device=device)
+    fit = _fitter(
+        backend, seed, epochs=epochs, batch_size=batch_size, device=device, minimizer=minimizer
+    )
     grid = _grid(backend, c_grid, lr_grid, wd_grid)
     chosen, val_top1, history = select_hyperparameters(
         fit,
@@ -675,12 +686,17 @@ def knn_accuracy(
     test = torch.cat([_unit_rows(c, device) for c in Rows(test_x).chunks(batch_size)])
     top_sim = torch.full((len(test), k), -math.inf, device=device)
     top_idx = torch.zeros((len(test), k), dtype=torch.long, device=device)
+    # One block of similarities, the running top-k in its first k columns: the product is
+    # written straight into the rest, with no concatenated copy.
+    block = torch.empty((min(batch_size, len(test)), k + batch_size), device=device)
     for start, chunk in enumerate(Rows(train_x).chunks(batch_size)):
         chunk = _unit_rows(chunk, device)
         offset = start * batch_size
         for t in range(0, len(test), batch_size):
             rows = slice(t, t + batch_size)
-            sims = torch.cat([top_sim[rows], test[rows] @ chunk.T], 1)
+            sims = block[: len(test[rows]), : k + len(chunk)]
+            sims[:, :k] = top_sim[rows]
+            torch.mm(test[rows], chunk.T, out=sims[:, k:])
             top_sim[rows], best = sims.topk(k, dim=1)
             # Columns below k are the running top-k, the rest this chunk's rows in order.
             kept = top_idx[rows].gather(1, best.clamp(max=k - 1))
