@@ -23,6 +23,7 @@ persistent workers, and after a resume.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import math
@@ -38,11 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from torchvision.transforms import v2
 
 from jepa.config import ConfigError, JEPAConfig
 
@@ -175,19 +173,13 @@ def pretrain_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
     """uint8 tensor `(C, h, w)` or PIL image -> float `(C, S, S)`, `S = cfg.image_size`:
     RandomResizedCrop(scale=cfg.crop_scale) and normalisation; no flip (official default)."""
     mean, std = normalization_stats(cfg)
-    full = v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-            v2.ToPureTensor(),
-        ]
+    full = functools.partial(
+        _pretrain_pipeline, cfg.image_size, tuple(cfg.crop_scale), tuple(mean), tuple(std)
     )
     # A crop of the whole area fits a square image only as the whole image (any other aspect
     # ratio makes one side longer than the image's), so at scale (1, 1) the crop is a no-op.
     whole = tuple(cfg.crop_scale) == (1.0, 1.0)
-    return SizedImageShortcut(full, cfg.image_size, mean, std) if whole else full
+    return SizedImageShortcut(full, cfg.image_size, mean, std) if whole else full()
 
 
 def eval_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
@@ -196,7 +188,33 @@ def eval_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
     size = cfg.image_size
     resize = int(size * 256 / 224) if size >= 224 else size
     mean, std = normalization_stats(cfg)
-    full = v2.Compose(
+    full = functools.partial(_eval_pipeline, size, resize, tuple(mean), tuple(std))
+    return SizedImageShortcut(full, size, mean, std) if resize == size else full()
+
+
+# torchvision is imported where it is used, never at the top of this module: its import takes
+# about 2 s on a 2-core machine (all of torchvision.models comes with it), and the default
+# data (Fashion-MNIST's IDX files at the model's size) never needs it.
+
+
+def _pretrain_pipeline(size: int, scale: tuple, mean: tuple, std: tuple) -> Callable:
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(size, scale=scale, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+            v2.ToPureTensor(),
+        ]
+    )
+
+
+def _eval_pipeline(size: int, resize: int, mean: tuple, std: tuple) -> Callable:
+    from torchvision.transforms import v2
+
+    return v2.Compose(
         [
             v2.ToImage(),
             v2.Resize(resize, antialias=True),
@@ -206,26 +224,38 @@ def eval_transform(cfg: JEPAConfig) -> Callable[[Any], torch.Tensor]:
             v2.ToPureTensor(),
         ]
     )
-    return SizedImageShortcut(full, size, mean, std) if resize == size else full
 
 
 class SizedImageShortcut:
-    """`full` (a resize or crop to `size`, then scaling to [0, 1] and normalising), with a
-    shortcut for uint8 tensors already `size` × `size`, which the resize or crop leaves
-    unchanged: only the scaling and normalisation run, the same functions on the same values.
+    """The v2 pipeline `build_full()` (a resize or crop to `size`, then scaling to [0, 1] and
+    normalising), with a shortcut for uint8 tensors already `size` × `size`, which the resize
+    or crop leaves unchanged: only the scaling and normalisation run, the same operations as
+    v2's `to_dtype` and `normalize` on the same values (tests/test_data.py: bit for bit).
 
     The shortcut skips the v2 pipeline's per-transform dispatch, about 0.5 ms of 0.6 per
-    28-pixel image, which in-process loading pays inside every training step.
+    28-pixel image, which in-process loading pays inside every training step. The pipeline
+    itself is built on first use, so data that always takes the shortcut never imports
+    torchvision.
     """
 
     def __init__(
         self,
-        full: Callable[[Any], torch.Tensor],
+        build_full: Callable[[], Callable[[Any], torch.Tensor]],
         size: int,
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
-        self.full, self.size, self.mean, self.std = full, size, list(mean), list(std)
+        self.build_full, self.size, self.mean, self.std = build_full, size, list(mean), list(std)
+        self._full: Callable[[Any], torch.Tensor] | None = None
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+
+    @property
+    def full(self) -> Callable[[Any], torch.Tensor]:
+        """The whole v2 pipeline, built on first use."""
+        if self._full is None:
+            self._full = self.build_full()
+        return self._full
 
     def __call__(self, image: Any) -> torch.Tensor:
         if (
@@ -244,8 +274,8 @@ class SizedImageShortcut:
         return self._scale(images)
 
     def _scale(self, images: torch.Tensor) -> torch.Tensor:
-        scaled = v2.functional.to_dtype(images, torch.float32, scale=True)
-        return v2.functional.normalize(scaled, self.mean, self.std)
+        # v2's to_dtype(scale=True) from uint8, then its normalize: the same ops in order.
+        return images.to(torch.float32).mul_(1.0 / 255).sub_(self._mean).div_(self._std)
 
 
 # ---- datasets -------------------------------------------------------------------------------
@@ -336,6 +366,8 @@ class ImageFolderDataset(Dataset):
     ) -> None:
         if corrupt_images not in ("skip", "raise"):
             raise ValueError(f"corrupt_images={corrupt_images!r} is not 'skip' or 'raise'")
+        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
         self.root = Path(root)
         self.classes, self.class_to_idx = find_classes(self.root)
         # make_dataset sorts by class then file name: a fixed order, so indices are stable.
@@ -425,6 +457,8 @@ def _load_fashion_mnist(cfg: JEPAConfig, split: str) -> tuple[torch.Tensor, torc
     dirs = _fashion_mnist_dirs(cfg)
     files = _find_idx_pair(dirs, stems)
     if files is None and cfg.download:
+        import torchvision
+
         target = dataset_root(cfg) if cfg.root_path else CACHE_DIR / "fashion_mnist"
         torchvision.datasets.FashionMNIST(target, train=split == "train", download=True)
         files = _find_idx_pair([target / "FashionMNIST" / "raw"], stems)
@@ -447,6 +481,8 @@ def _load_fashion_mnist(cfg: JEPAConfig, split: str) -> tuple[torch.Tensor, torc
 
 def _load_cifar10(cfg: JEPAConfig, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Images `(N, 3, 32, 32)` uint8, labels `(N,)` and class names from the CIFAR-10 pickles."""
+    import torchvision
+
     root = dataset_root(cfg)
     folder = root / torchvision.datasets.CIFAR10.base_folder
     how = (
@@ -484,6 +520,8 @@ def source_files(cfg: JEPAConfig, split: str) -> list[Path]:
             )
         return list(found)
     if cfg.dataset_name == "cifar10":
+        import torchvision
+
         folder = dataset_root(cfg) / torchvision.datasets.CIFAR10.base_folder
         return [folder / name for name in _CIFAR10_FILES[split]]
     raise ValueError(f"dataset={cfg.dataset!r} is an image folder: it has no fixed source files")
