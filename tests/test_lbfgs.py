@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from fresh_process import modules_after
 
 from jepa import lbfgs
 
@@ -140,12 +139,10 @@ def test_rejects_a_point_that_is_not_flat() -> None:
 def test_the_probe_never_imports_dynamo_or_sklearn() -> None:
     # Both take seconds to import; the lbfgs backend needs neither (jepa.lbfgs docstring).
     code = (
-        "import sys, numpy as np\n"
+        "import numpy as np\n"
         "from jepa.probe import linear_probe, knn_accuracy\n"
         "rng = np.random.default_rng(0)\n"
         "x = rng.normal(size=(300, 5)).astype(np.float32); y = (x[:, 0] > 0).astype(int)\n"
         "linear_probe(x, y, x, y); knn_accuracy(x, y, x, y)\n"
-        "print(sorted(m for m in ('torch._dynamo', 'sklearn') if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert modules_after(code, ["torch._dynamo", "sklearn"]) == []
