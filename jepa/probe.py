@@ -459,7 +459,7 @@ class LbfgsFitter:
         previous = self.solutions.get(params["C"], self.previous) if self.warm_start else None
         # L-BFGS works on the whitened weights, flattened with the bias after them; the
         # scorer keeps the standardised ones.
-        start = torch.zeros(linear.weight.numel() + classes, device=self.device)
+        start = inputs.new_zeros(linear.weight.numel() + classes)
         if previous is not None and previous[0].shape == linear.weight.shape:
             start = torch.cat([whitening.to_whitened(previous[0]).flatten(), previous[1]])
         function = MultinomialObjective(
@@ -575,11 +575,10 @@ def _check_shapes(train_x: Any, train_y: Any, test_x: Any, test_y: Any) -> None:
         )
 
 
-def _fitter(backend: str, seed: int, **torch_options: Any) -> Callable:
+def _fitter(backend: str, seed: int, minimizer: Callable, **torch_options: Any) -> Callable:
     """`fit(rows, targets, hyperparameters) -> scorer` of `backend`."""
     if backend == "sklearn":
         return functools.partial(fit_sklearn, seed=seed)
-    minimizer = torch_options.pop("minimizer")
     if backend == "lbfgs":
         return LbfgsFitter(device=torch_options["device"], minimizer=minimizer)
     return functools.partial(fit_torch, seed=seed, **torch_options)
@@ -620,9 +619,7 @@ def linear_probe(
     fit_idx, val_idx = stratified_holdout(targets, val_fraction, seed)
     if backend in ("sklearn", "lbfgs"):
         train_x = np.asarray(train_x, dtype=np.float32)  # L-BFGS needs it in memory anyway
-    fit = _fitter(
-        backend, seed, epochs=epochs, batch_size=batch_size, device=device, minimizer=minimizer
-    )
+    fit = _fitter(backend, seed, minimizer, epochs=epochs, batch_size=batch_size, device=device)
     grid = _grid(backend, c_grid, lr_grid, wd_grid)
     chosen, val_top1, history = select_hyperparameters(
         fit,
