@@ -50,3 +50,18 @@ def _private_run_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         os.environ.pop("XDG_CACHE_HOME")
     else:
         os.environ["XDG_CACHE_HOME"] = saved
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_dvc_analytics() -> Iterator[None]:
+    """Every `dvc` command a test runs would start DVC's usage-report daemon, which, with no
+    network to send to, leaves a report file in /tmp per command (about 90 per suite)."""
+    import os
+
+    saved = os.environ.get("DVC_NO_ANALYTICS")
+    os.environ["DVC_NO_ANALYTICS"] = "1"
+    yield
+    if saved is None:
+        os.environ.pop("DVC_NO_ANALYTICS")
+    else:
+        os.environ["DVC_NO_ANALYTICS"] = saved
