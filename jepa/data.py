@@ -245,16 +245,17 @@ class SizedImageShortcut:
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
-        self.build_full, self.size, self.mean, self.std = build_full, size, list(mean), list(std)
+        self.size, self._build_full = size, build_full
         self._full: Callable[[Any], torch.Tensor] | None = None
-        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        self._std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        # v2's normalize makes the same float32 (C, 1, 1) tensors of mean and std.
+        self._mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
 
     @property
     def full(self) -> Callable[[Any], torch.Tensor]:
         """The whole v2 pipeline, built on first use."""
         if self._full is None:
-            self._full = self.build_full()
+            self._full = self._build_full()
         return self._full
 
     def __call__(self, image: Any) -> torch.Tensor:

@@ -606,9 +606,9 @@ def linear_probe(
 
     `c_grid` is the grid of the L-BFGS backends (lbfgs, sklearn); `minimizer` the lbfgs
     backend's (`LbfgsFitter`); `lr_grid`, `wd_grid`, `epochs` and `batch_size` configure
-    the torch (AdamW) backend; `device` both torch backends. Returns top1, top5 (more than 5 classes), per_class_accuracy
-    (aligned with `classes`), hyperparameters, val_top1, selection, n_train, n_val, n_test,
-    feature_dim, num_classes, backend, protocol.
+    the torch (AdamW) backend; `device` both torch backends. Returns top1, top5 (more than
+    5 classes), per_class_accuracy (aligned with `classes`), hyperparameters, val_top1,
+    selection, n_train, n_val, n_test, feature_dim, num_classes, backend, protocol.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
