@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -48,8 +46,10 @@ from jepa import lbfgs, probe
 from jepa.features import load_features
 
 try:  # run as `python bench/probe.py` (the bench folder on sys.path) or as a module
+    from startup import REPO, seconds
     from train_step import matmul_tflops
 except ImportError:  # pragma: no cover
+    from bench.startup import REPO, seconds
     from bench.train_step import matmul_tflops
 
 
@@ -97,17 +97,6 @@ def torch_optim_minimize(
     value, gradient = function(point.detach())
     iterations = int(optimizer.state[point]["n_iter"])
     return lbfgs.Result(point.detach(), float(value), gradient, iterations, evaluations)
-
-
-def dynamo_import_seconds() -> float:
-    """Seconds a fresh process spends importing `torch._dynamo` after torch, which
-    constructing any `torch.optim` optimizer does (and `jepa.lbfgs` avoids)."""
-    code = (
-        "import time, torch; t = time.perf_counter(); import torch._dynamo; "
-        "print(time.perf_counter() - t)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout)
 
 
 def time_backends(name: str, data: tuple[np.ndarray, ...], threads: int) -> list[dict]:
@@ -357,7 +346,8 @@ def main() -> None:
     if rows:
         print(
             f"a fresh process imports torch._dynamo, which any torch.optim optimizer does, in "
-            f"{dynamo_import_seconds():.2f} s (not in the table: this process imported it once)"
+            f"{seconds(REPO, 'import torch._dynamo', setup='import torch'):.2f} s "
+            "(not in the table: this process imported it once)"
         )
     print_tables(rows, objective_rows, convergence_rows, knn_rows, args.grid)
 

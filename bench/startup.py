@@ -56,12 +56,18 @@ SNIPPETS = {
 }
 
 
-def seconds(tree: Path, code: str) -> float:
-    """Seconds from the start of `code` to its end, in a fresh interpreter in `tree`."""
-    timed = (
-        "import time\n_start = time.perf_counter()\n"
-        + code
-        + ("print(time.perf_counter() - _start)\n")
+def seconds(tree: Path, code: str, setup: str = "") -> float:
+    """Seconds from the start of `code` to its end, in a fresh interpreter in `tree`, after
+    `setup` (not timed)."""
+    timed = "\n".join(
+        [
+            setup,
+            "import time",
+            "_start = time.perf_counter()",
+            code,
+            "print(time.perf_counter() - _start)",
+            "",
+        ]
     )
     out = subprocess.run(
         [sys.executable, "-c", timed],
