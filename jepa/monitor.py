@@ -40,13 +40,14 @@ class KnnMonitor:
         num_last_blocks: int,
         batch_size: int,
         amp: str,
+        cpu_parts: int = 2,
     ) -> None:
         if len(images) < 2:
             raise ValueError(f"the kNN monitor needs at least 2 images, got {len(images)}")
         self.images, self.labels = images, labels
         self.num_query = max(1, round(len(images) * QUERY_SHARE))
         self.k, self.num_last_blocks = k, num_last_blocks
-        self.batch_size, self.amp = batch_size, amp
+        self.batch_size, self.amp, self.cpu_parts = batch_size, amp, cpu_parts
 
     @classmethod
     def from_config(cls, cfg: JEPAConfig) -> KnnMonitor | None:
@@ -65,6 +66,7 @@ class KnnMonitor:
             num_last_blocks=cfg.probe_last_blocks,
             batch_size=cfg.eval_batch_size,
             amp=cfg.amp,
+            cpu_parts=cfg.cpu_batch_parts,
         )
 
     def features(self, encoder: nn.Module, device: torch.device) -> np.ndarray:
@@ -83,6 +85,7 @@ class KnnMonitor:
             num_last_blocks=self.num_last_blocks,
             amp=self.amp,
             progress=False,
+            cpu_parts=self.cpu_parts,
         )
         return features
 
