@@ -10,9 +10,7 @@ Evaluation is what the pipeline's `extract` and `probe` stages do with one encod
 encoder's depth (all of its blocks, at most 4), as each default probes its own encoder.
 `--amp none,bf16` times every encoder under each precision of its forward passes
 (`jepa.device.autocast`), with the probe's figures beside; `--batch-size 128,32` under
-each extraction batch size (`eval_batch_size`); `--cpu-parts 2,1` with each batch run as
-that many concurrent slices on the CPU (`cpu_batch_parts`; 1 is one pass, the same
-features); `--eager-inference` also with the encoder's
+each extraction batch size (`eval_batch_size`); `--eager-inference` also with the encoder's
 blocks run eagerly instead of on oneDNN's fused linears (`jepa.models.vit.fused_inference`),
 the same math. The first encoder, under the first
 precision and batch size, is the baseline. Rounds alternate the encoders so that a
@@ -63,21 +61,16 @@ def parse_amps(text: str) -> list[str]:
     return amps
 
 
-def positive_ints(flag: str, example: str):
-    """A parser of comma-separated positive integers for `flag`, naming it in its errors."""
-
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(item) for item in text.split(",")]
-        except ValueError:
-            values = []
-        if not values or min(values) < 1:
-            raise argparse.ArgumentTypeError(
-                f"{flag} {text!r}: expected positive integers separated by commas, e.g. {example}"
-            )
-        return values
-
-    return parse
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(item) for item in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--batch-size {text!r}: expected positive integers separated by commas, e.g. 128,32"
+        )
+    return sizes
 
 
 def evaluate_once(cfg: JEPAConfig, encoder: Path, work: Path) -> dict[str, float]:
@@ -102,21 +95,16 @@ def build_arms(
     amps: list[str],
     sizes: list[int],
     eager: bool = False,
-    parts: tuple[int, ...] = (),
 ) -> tuple[list[tuple[str, Path, bool]], dict[str, JEPAConfig]]:
-    """`(arm name, encoder path, eager)` for every encoder x precision x batch size x CPU
-    slices per batch (`parts`, default the base config's) (x fused and eager inference,
-    with `eager`), in that order, and each arm's config (the depth and probed blocks follow
-    the encoder)."""
+    """`(arm name, encoder path, eager)` for every encoder x precision x batch size (x
+    fused and eager inference, with `eager`), in that order, and each arm's config (the
+    depth and probed blocks follow the encoder)."""
     arms, configs = [], {}
-    parts = parts or (base.cpu_batch_parts,)
     for name, path in encoders:
         depth = load_encoder(path).model_args()["depth"]
-        grid = itertools.product(amps, sizes, parts, (False, True)[: 1 + eager])
-        for amp, size, slices, run_eager in grid:
+        for amp, size, run_eager in itertools.product(amps, sizes, (False, True)[: 1 + eager]):
             arm = name + ("" if len(amps) == 1 else f", amp={amp}")
             arm += "" if len(sizes) == 1 else f", batch {size}"
-            arm += "" if len(parts) == 1 else f", {slices} slice{'s' * (slices > 1)}"
             arm += ", eager inference" if run_eager else ""
             arms.append((arm, path, run_eager))
             configs[arm] = base.replace(
@@ -125,7 +113,6 @@ def build_arms(
                 probe_last_blocks=min(depth, 4),
                 amp=amp,
                 eval_batch_size=size,
-                cpu_batch_parts=slices,
             )
     return arms, configs
 
@@ -169,15 +156,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=positive_ints("--batch-size", "128,32"),
+        type=parse_sizes,
         default=[],
         help="comma-separated extraction batch sizes (default: params' eval_batch_size)",
-    )
-    parser.add_argument(
-        "--cpu-parts",
-        type=positive_ints("--cpu-parts", "2,1"),
-        default=[],
-        help="comma-separated slices per batch on the CPU (default: params' cpu_batch_parts)",
     )
     parser.add_argument(
         "--eager-inference",
@@ -193,7 +174,6 @@ def main() -> None:
         args.amp or [base.amp],
         args.batch_size or [base.eval_batch_size],
         args.eager_inference,
-        tuple(args.cpu_parts),
     )
     cpu = torch.device("cpu")
     rate_before = matmul_tflops(cpu, torch.float32)

@@ -57,7 +57,7 @@ from jepa.device import autocast, resolve_device
 from jepa.masks import build_collator
 from jepa.models import IJEPA, ijepa, vit
 from jepa.models.ijepa import LOSSES
-from jepa.train import Schedule, build_batch_parts, build_optimizer, train_step
+from jepa.train import Schedule, build_optimizer, train_step
 
 # Vendors' dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by a substring of the name.
 GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -261,7 +261,6 @@ def run_variant(
     else:
         model = IJEPA.from_config(cfg).to(device).wrap(distributed=False, compile=cfg.compile)
         optimizer = build_optimizer(cfg, model, device)
-        parts = build_batch_parts(cfg, device, distributed=False)
     schedule = Schedule(cfg, steps_per_epoch=max(steps + warmup, 1))
     collator = build_collator(cfg)
     collate_ms, step_ms = [], []
@@ -279,14 +278,12 @@ def run_variant(
             )
             official.step(batch.images.to(device), *masks, optimizer, schedule.at(i)["momentum"])
         else:
-            train_step(cfg, model, optimizer, [batch], schedule.at(i), device, parts)
+            train_step(cfg, model, optimizer, [batch], schedule.at(i), device)
         sync(device)
         t2 = time.perf_counter()
         if i >= warmup:
             collate_ms.append((t1 - t0) * 1e3)
             step_ms.append((t2 - t1) * 1e3)
-    if not official_src and parts is not None:
-        parts.close()
     collate, model_ms = statistics.median(collate_ms), statistics.median(step_ms)
     return {
         "collate_ms": collate,
@@ -439,7 +436,7 @@ def build_variants(cfg: JEPAConfig, args: argparse.Namespace) -> dict[str, JEPAC
     if args.eager_inference:
         variants["jepa, eager inference"] = cfg
     if not args.no_baseline:
-        variants["baseline"] = cfg.replace(cpu_batch_parts=1)  # one pass, as the official code
+        variants["baseline"] = cfg
     if args.official_src:
         variants["official"] = cfg
     for spec in args.vs:

@@ -166,11 +166,6 @@ class JEPAConfig:
     # it under bf16 autocast while the rest trains as `amp` says (a change of the targets'
     # precision, so of the objective; faster only on CPUs with bf16 units). same: as `amp`.
     target_amp: str = "same"
-    # On the CPU, each batch runs as this many concurrent slices, each on its share of the
-    # intra-op threads (jepa.device.ThreadShares): training's forward and backward passes
-    # (the same gradient to rounding) and feature extraction (the same features); faster
-    # at small widths. 1: one pass over the whole batch.
-    cpu_batch_parts: int = 2
     compile: bool = False
     output_dir: str = "./output"
     checkpoint_every: int = 200  # optimizer steps between checkpoints (and at each epoch end)
@@ -492,7 +487,6 @@ RUNTIME_FIELDS = frozenset(
         "num_workers",
         "device",
         "compile",
-        "cpu_batch_parts",
         "output_dir",
         "checkpoint_every",
         "checkpoint_uri",
@@ -559,7 +553,6 @@ _POSITIVE_INTS = (
     "batch_size",
     "epochs",
     "accum_iter",
-    "cpu_batch_parts",
     "num_enc_masks",
     "num_pred_masks",
     "min_keep",

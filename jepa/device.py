@@ -3,16 +3,11 @@ the CPU's freed memory is kept for evaluation."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import functools
-import itertools
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import torch
 
@@ -43,55 +38,6 @@ def autocast(amp: str, device: torch.device) -> torch.autocast:
         raise ValueError(f"amp={amp!r} is not one of {', '.join(map(repr, AMP_MODES))}")
     enabled = amp == "bf16" or (amp == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-class ThreadShares:
-    """`parts` worker threads, each running torch ops on its own share of the intra-op threads.
-
-    On the CPU, PyTorch splits every op over the process's intra-op threads. At this
-    project's default sizes (128-wide layers, tens of tokens per image) that keeps them
-    less busy than independent work does: the same batch as two halves, run at once on
-    one thread each, trained and extracted features about 1.1× faster on 2 cores
-    (docs/experiments.md, "Batch halves on threads of their own"). The calling thread
-    keeps its own count. Grad mode and autocast are per thread: `fn` sets its own.
-    """
-
-    def __init__(self, parts: int, threads: int) -> None:
-        self.parts = parts
-        self._pool = ThreadPoolExecutor(
-            parts, "jepa-share", initializer=torch.set_num_threads, initargs=(threads,)
-        )
-
-    def run(self, fn: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
-        """`[fn(*args) for args in calls]`, run concurrently; every call has finished before
-        the first error, if any, is raised."""
-        futures = [self._pool.submit(fn, *args) for args in calls]
-        concurrent.futures.wait(futures)
-        return [f.result() for f in futures]
-
-    def close(self) -> None:
-        self._pool.shutdown()
-
-    def __enter__(self) -> ThreadShares:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def cpu_thread_shares(parts: int, device: torch.device) -> ThreadShares | None:
-    """`ThreadShares` of `parts` on the CPU when this thread has at least `parts` intra-op
-    threads to share out; None elsewhere (and for `parts` 1)."""
-    threads = torch.get_num_threads()
-    if parts <= 1 or device.type != "cpu" or threads < parts:
-        return None
-    return ThreadShares(parts, threads // parts)
-
-
-def row_slices(size: int, parts: int) -> list[slice]:
-    """`parts` contiguous slices of `range(size)`, as equal as they come (none empty)."""
-    bounds = [size * i // parts for i in range(parts + 1)]
-    return [slice(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 # glibc's mallopt parameters (malloc.h)

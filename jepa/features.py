@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from jepa.device import autocast, cpu_thread_shares, keep_freed_memory, resolve_device, row_slices
+from jepa.device import autocast, keep_freed_memory, resolve_device
 from jepa.io import atomic_output, write_json
 
 META_FILE = "features.json"
@@ -86,15 +86,12 @@ def _feature_batches(
     num_last_blocks: int,
     amp: str,
     progress: bool,
-    cpu_parts: int = 2,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield `(features (B, D) float32, labels (B,) int64)` per batch, the encoder in eval mode.
 
     Batches are `(images, labels, ...)`; a `None` batch (all items unreadable) is skipped.
     The encoder is moved to `device` and its train/eval mode is restored afterwards. On the
-    CPU the process keeps its freed memory from here on (`jepa.device.keep_freed_memory`),
-    and each batch runs as `cpu_parts` concurrent slices (`jepa.device.ThreadShares`; the
-    same features bit for bit, since no row depends on another).
+    CPU the process keeps its freed memory from here on (`jepa.device.keep_freed_memory`).
     """
     device = resolve_device(device)
     if device.type == "cpu":
@@ -102,31 +99,18 @@ def _feature_batches(
     was_training = encoder.training
     encoder.to(device).eval()
     total = len(loader) if hasattr(loader, "__len__") else None
-    shares = cpu_thread_shares(cpu_parts, device)
     try:
         for batch in tqdm(loader, total=total, disable=not progress, desc="features"):
             if batch is None:
                 continue
             images, labels = batch[0], batch[1]
-            images = images.to(device, non_blocking=True)
-            if shares is None:
-                feats = _features(encoder, images, num_last_blocks, amp)
-            else:
-                calls = [
-                    (encoder, images[r], num_last_blocks, amp)
-                    for r in row_slices(len(images), shares.parts)
-                ]
-                feats = torch.cat(shares.run(_features, calls))
+            with torch.no_grad(), autocast(amp, device):
+                feats = encoder.forward_features(
+                    images.to(device, non_blocking=True), num_last_blocks
+                )
             yield feats.float().cpu().numpy(), torch.as_tensor(labels).long().numpy()
     finally:
         encoder.train(was_training)
-        if shares is not None:
-            shares.close()
-
-
-def _features(encoder: nn.Module, images: torch.Tensor, num_last_blocks: int, amp: str):
-    with torch.no_grad(), autocast(amp, images.device):
-        return encoder.forward_features(images, num_last_blocks)
 
 
 @torch.no_grad()
@@ -138,14 +122,12 @@ def extract_features(
     num_last_blocks: int = 1,
     amp: str = "auto",
     progress: bool = True,
-    cpu_parts: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of every image `loader` yields: `(features (N, D) float32, labels (N,) int64)`.
 
     The encoder is moved to `device`; its train/eval mode is restored afterwards.
     `D` is `embed_dim * num_last_blocks`. `amp` picks the precision as training does
-    (`jepa.device.autocast`): "auto" is bfloat16 on CUDA and float32 on the CPU. On the
-    CPU each batch runs as `cpu_parts` concurrent slices (the same features).
+    (`jepa.device.autocast`): "auto" is bfloat16 on CUDA and float32 on the CPU.
     """
     batches = list(
         _feature_batches(
@@ -155,7 +137,6 @@ def extract_features(
             num_last_blocks=num_last_blocks,
             amp=amp,
             progress=progress,
-            cpu_parts=cpu_parts,
         )
     )
     if not batches:
@@ -213,7 +194,7 @@ def write_features_to_disk(
 
 
 def _stream_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(kw) - {"device", "num_last_blocks", "amp", "progress", "cpu_parts"}
+    unknown = set(kw) - {"device", "num_last_blocks", "amp", "progress"}
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     return {"device": "cpu", "num_last_blocks": 1, "amp": "auto", "progress": True, **kw}
@@ -287,7 +268,6 @@ def _extract_split(cfg: Any, encoder: nn.Module, out_dir: Path, split: str) -> d
         num_last_blocks=cfg.probe_last_blocks,
         amp=cfg.amp,
         progress=cfg.progress,
-        cpu_parts=cfg.cpu_batch_parts,
     )
     seconds = time.perf_counter() - start
     features, _ = load_features(out_dir, split)

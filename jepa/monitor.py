@@ -40,14 +40,13 @@ class KnnMonitor:
         num_last_blocks: int,
         batch_size: int,
         amp: str,
-        cpu_parts: int = 2,
     ) -> None:
         if len(images) < 2:
             raise ValueError(f"the kNN monitor needs at least 2 images, got {len(images)}")
         self.images, self.labels = images, labels
         self.num_query = max(1, round(len(images) * QUERY_SHARE))
         self.k, self.num_last_blocks = k, num_last_blocks
-        self.batch_size, self.amp, self.cpu_parts = batch_size, amp, cpu_parts
+        self.batch_size, self.amp = batch_size, amp
 
     @classmethod
     def from_config(cls, cfg: JEPAConfig) -> KnnMonitor | None:
@@ -66,7 +65,6 @@ class KnnMonitor:
             num_last_blocks=cfg.probe_last_blocks,
             batch_size=cfg.eval_batch_size,
             amp=cfg.amp,
-            cpu_parts=cfg.cpu_batch_parts,
         )
 
     def features(self, encoder: nn.Module, device: torch.device) -> np.ndarray:
@@ -85,7 +83,6 @@ class KnnMonitor:
             num_last_blocks=self.num_last_blocks,
             amp=self.amp,
             progress=False,
-            cpu_parts=self.cpu_parts,
         )
         return features
 

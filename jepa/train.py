@@ -34,7 +34,7 @@ from jepa import checkpoint as ckpt
 from jepa import schedules
 from jepa.config import JEPAConfig
 from jepa.data import PretrainLoader, build_pretrain_loader, pretrain_dataset
-from jepa.device import ThreadShares, autocast, cpu_thread_shares, row_slices
+from jepa.device import autocast
 from jepa.diagnostics import CollapseMonitor, collapse_stats
 from jepa.distributed import (
     DistEnv,
@@ -130,109 +130,28 @@ def train_step(
     batches: Sequence[MaskedBatch],
     hp: dict[str, float],
     device: torch.device,
-    parts: BatchParts | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step of I-JEPA over `accum_iter` micro-batches.
 
     For each micro-batch: predict the target blocks' embeddings from the context block
     and regress the target encoder's; then clip, step, and move the target encoder
-    towards the context encoder by EMA. With `parts` (`build_batch_parts`), each
-    micro-batch's forward and backward passes run as concurrent slices. Returns the mean
-    loss (a 0-d tensor, not yet synchronised across ranks) and the last micro-batch's
-    predictions.
+    towards the context encoder by EMA. Returns the mean loss (a 0-d tensor, not yet
+    synchronised across ranks) and the last micro-batch's predictions.
     """
     set_hyperparams(optimizer, hp)
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
     for i, batch in enumerate(batches):
         batch = to_device(batch, device)
-        with model.no_sync(i < len(batches) - 1):
-            if parts is None:
-                loss, predictions = forward_backward(model, batch, cfg.amp, len(batches))
-            else:
-                loss, predictions = parts.forward_backward(model, batch, cfg.amp, len(batches))
-        total += loss / len(batches)
+        with model.no_sync(i < len(batches) - 1), autocast(cfg.amp, device):
+            loss, predictions = model(batch.images, batch.masks_enc, batch.masks_pred)
+        (loss / len(batches)).backward()
+        total += loss.detach() / len(batches)
     if cfg.clip_grad:
         torch.nn.utils.clip_grad_norm_([p for _, p in model.trainable()], cfg.clip_grad)
     optimizer.step()
     model.update_target(hp["momentum"])
     return total, predictions
-
-
-def forward_backward(
-    model: IJEPA, batch: MaskedBatch, amp: str, divisor: float, share: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss on `batch` and its predictions (both detached); the gradient of
-    `loss * share / divisor` is added to the parameters'."""
-    with autocast(amp, batch.images.device):
-        loss, predictions = model(batch.images, batch.masks_enc, batch.masks_pred)
-    (loss * share / divisor).backward()
-    return loss.detach(), predictions
-
-
-class BatchParts:
-    """One batch's forward and backward passes as concurrent slices of it, on the CPU
-    (`jepa.device.ThreadShares`; `bench/train_step.py --vs cpu_batch_parts=1` times it).
-
-    The gradient is the whole batch's to rounding: every term of the loss is a mean over
-    the batch's rows, so each slice's is weighted by its share of the images, and
-    autograd sums the slices' gradients into `.grad` under a lock per parameter (a sum of
-    two terms is the same in either order; with more slices the order varies). The
-    predictions come back in the batch's order.
-    """
-
-    def __init__(self, shares: ThreadShares) -> None:
-        self.shares = shares
-
-    def forward_backward(
-        self, model: IJEPA, batch: MaskedBatch, amp: str, divisor: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`forward_backward` over the slices; the batch's mean loss and predictions."""
-        size = batch.images.size(0)
-        rows = row_slices(size, self.shares.parts)
-        weights = [(r.stop - r.start) / size for r in rows]
-        calls = [
-            (model, batch_rows(batch, r), amp, divisor, w)
-            for r, w in zip(rows, weights, strict=True)
-        ]
-        results = self.shares.run(forward_backward, calls)
-        loss = sum(part_loss * w for (part_loss, _), w in zip(results, weights, strict=True))
-        # Predictions are mask-major, (masks * n, K, D) per slice: back to (masks * size, K, D).
-        blocks = [
-            p.unflatten(0, (-1, r.stop - r.start)) for (_, p), r in zip(results, rows, strict=True)
-        ]
-        return loss, torch.cat(blocks, 1).flatten(0, 1)
-
-    def close(self) -> None:
-        self.shares.close()
-
-
-def batch_rows(batch: MaskedBatch, rows: slice) -> MaskedBatch:
-    """The images `rows` of `batch`, with their labels, indices and masks."""
-    return batch._replace(
-        images=batch.images[rows],
-        labels=batch.labels[rows],
-        indices=batch.indices[rows],
-        masks_enc=[m[rows] for m in batch.masks_enc],
-        masks_pred=[m[rows] for m in batch.masks_pred],
-    )
-
-
-def build_batch_parts(
-    cfg: JEPAConfig, device: torch.device, distributed: bool
-) -> BatchParts | None:
-    """`cfg.cpu_batch_parts` concurrent slices per batch, or None where they do not apply:
-    off the CPU, under DDP or `torch.compile`, with fewer intra-op threads or images per
-    rank than slices, and with a batch-statistics penalty (`vc_weight`, `sigreg_weight`),
-    whose value on slices is not the batch's."""
-    parts = cfg.cpu_batch_parts
-    if distributed or cfg.compile or cfg.batch_size < parts:
-        return None
-    if parts > 1 and (cfg.vc_weight or cfg.sigreg_weight):
-        log.info("cpu_batch_parts=%d not used: the vc/SIGReg penalties need the whole batch", parts)
-        return None
-    shares = cpu_thread_shares(parts, device)
-    return None if shares is None else BatchParts(shares)
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -291,7 +210,6 @@ class Run:
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
     last_read_step: int = 0
     monitor_s: float = 0.0  # seconds this process spent in the kNN monitor
-    parts: BatchParts | None = None  # concurrent slices of each batch (CPU)
 
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.cfg, self.data.steps_per_epoch)
@@ -389,7 +307,6 @@ def start_run(
         mirror,
         build_uploader(mirror, files),
         KnnMonitor.from_config(cfg) if env.is_main else None,
-        parts=build_batch_parts(cfg, env.device, env.is_distributed),
     )
     rows = restore(run)
     run.log.start(rows)
@@ -501,8 +418,6 @@ def pretrain(
             finally:
                 if run.uploader is not None:
                     run.uploader.close()
-                if run.parts is not None:
-                    run.parts.close()
             barrier()
             return summary
     finally:
@@ -548,9 +463,7 @@ def run_epoch(run: Run) -> None:
             break
         skipped += sum(b.num_skipped for b in micro)
         hp = run.schedule.at(run.step)
-        loss, predictions = train_step(
-            cfg, run.model, run.optimizer, micro, hp, run.env.device, run.parts
-        )
+        loss, predictions = train_step(cfg, run.model, run.optimizer, micro, hp, run.env.device)
         run.step += 1
         run.images_seen += sum(b.images.size(0) for b in micro) * run.env.world_size
         bar.update(1)

@@ -84,16 +84,6 @@ def test_extract_matches_direct_forward(encoder: VisionTransformer, num_last_blo
     np.testing.assert_array_equal(labels, dataset.labels.numpy())
 
 
-def test_extraction_on_concurrent_slices_gives_the_same_features_bit_for_bit(
-    encoder: VisionTransformer,
-) -> None:
-    dataset = TinyImages(10)
-    whole, _ = extract_features(encoder, loader_of(dataset, 5), progress=False, cpu_parts=1)
-    sliced, labels = extract_features(encoder, loader_of(dataset, 5), progress=False, cpu_parts=2)
-    np.testing.assert_array_equal(sliced, whole)
-    np.testing.assert_array_equal(labels, dataset.labels.numpy())
-
-
 def test_save_load_round_trip_and_memmap(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(7, 5)).astype(np.float32)

@@ -19,18 +19,7 @@ from tiny import tiny_config
 from jepa import checkpoint as ckpt
 from jepa import export
 from jepa.config import JEPAConfig
-from jepa.device import ThreadShares
-from jepa.masks import build_collator
-from jepa.models import IJEPA
-from jepa.train import (
-    BatchParts,
-    NonFiniteLossError,
-    Schedule,
-    build_batch_parts,
-    build_optimizer,
-    pretrain,
-    train_step,
-)
+from jepa.train import NonFiniteLossError, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -294,43 +283,3 @@ def test_two_ddp_processes_match_one_process(tiny_fmnist, tmp_path):
     single, ddp = weights(tmp_path / "single"), weights(tmp_path / "ddp")
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
-
-
-def one_step(cfg: JEPAConfig, batch, parts):
-    """The loss, predictions, gradients and updated weights of one `train_step` from seed 0."""
-    torch.manual_seed(0)
-    model = IJEPA.from_config(cfg).wrap(distributed=False, compile=False)
-    optimizer = build_optimizer(cfg, model, torch.device("cpu"))
-    hp = Schedule(cfg, steps_per_epoch=10).at(5)
-    loss, predictions = train_step(cfg, model, optimizer, [batch], hp, torch.device("cpu"), parts)
-    grads = {name: p.grad.clone() for name, p in model.trainable()}
-    return loss, predictions, grads, model.state_dict()
-
-
-@pytest.mark.parametrize("size", [16, 5])  # 5: slices of 2 and 3 images, weighted
-def test_a_step_on_concurrent_slices_is_the_whole_batch_step(tiny_fmnist, tmp_path, size):
-    cfg = tiny_cfg(tiny_fmnist, tmp_path, batch_size=size)
-    samples = [(torch.randn(1, 28, 28), i % 3, i) for i in range(size)]
-    batch = build_collator(cfg)(samples)
-    whole = one_step(cfg, batch, None)
-    with ThreadShares(2, 1) as shares:
-        sliced = one_step(cfg, batch, BatchParts(shares))
-    torch.testing.assert_close(sliced[0], whole[0], rtol=1e-6, atol=0)
-    torch.testing.assert_close(sliced[1], whole[1], rtol=1e-5, atol=1e-6)  # the batch's order
-    for state in (2, 3):  # the gradients, then the weights after the step and the EMA
-        for key in whole[state]:
-            torch.testing.assert_close(sliced[state][key], whole[state][key], msg=key)
-
-
-def test_batch_slices_are_left_out_where_they_would_change_the_step(tiny_fmnist, tmp_path):
-    cfg = tiny_cfg(tiny_fmnist, tmp_path, cpu_batch_parts=2)
-    cpu = torch.device("cpu")
-    if torch.get_num_threads() >= 2:
-        parts = build_batch_parts(cfg, cpu, distributed=False)
-        assert parts is not None
-        parts.close()
-    assert build_batch_parts(cfg, cpu, distributed=True) is None  # DDP syncs each backward
-    assert build_batch_parts(cfg.replace(compile=True), cpu, distributed=False) is None
-    assert build_batch_parts(cfg.replace(vc_weight=0.1), cpu, distributed=False) is None
-    assert build_batch_parts(cfg.replace(sigreg_weight=0.1), cpu, distributed=False) is None
-    assert build_batch_parts(cfg.replace(cpu_batch_parts=1), cpu, distributed=False) is None
