@@ -99,6 +99,9 @@ class JEPAConfig:
     pretrain_subset: int | None = None  # first N training images, for pretraining only
     corrupt_images: str = "skip"  # skip unreadable images (counted, warned) or raise
     crop_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop scale, official value
+    # Pretraining images mirrored left to right, each with probability 1/2 (a function of
+    # seed, epoch and index: jepa.data.HorizontalFlips); the official configs have none.
+    hflip: bool = False
     num_workers: int = 4
 
     # ---- encoder --------------------------------------------------------------
@@ -522,6 +525,7 @@ LATER_TRAINING_FIELDS: dict[str, Any] = {
     "sigreg_weight": 0.0,
     "fixed_token_counts": False,
     "target_amp": "same",
+    "hflip": False,
 }
 _NEVER = object()
 

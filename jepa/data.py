@@ -43,6 +43,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 
 from jepa.config import ConfigError, JEPAConfig
+from jepa.masks import hash_uniform
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset-fashion-mnist
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "jepa"
@@ -642,6 +643,30 @@ class DropNoneCollate:
         return self.collate_fn(kept) if kept else None
 
 
+FLIP_STREAM = 0x5EED  # the flips' key, apart from every stream of the masks
+
+
+class HorizontalFlips:
+    """A pretraining collator (`jepa.masks`) whose images come out mirrored left to right,
+    each with probability 1/2 as a pure function of `(seed, epoch, index)`
+    (`jepa.masks.hash_uniform`): like masks and crops, flips do not depend on the number
+    of workers or ranks, or on where an epoch was resumed. The masks index the patches of
+    the image as flipped, so context and targets come from the same view.
+    """
+
+    def __init__(self, collator: Callable[[list], Any], seed: int) -> None:
+        self.collator, self.seed = collator, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.collator.set_epoch(epoch)
+
+    def __call__(self, samples: list) -> Any:
+        batch = self.collator(samples)
+        u = hash_uniform(self.seed, self.collator.epoch, batch.indices.numpy(), FLIP_STREAM)
+        flip = torch.from_numpy(u < 0.5).view(-1, 1, 1, 1)
+        return batch._replace(images=torch.where(flip, batch.images.flip(-1), batch.images))
+
+
 class SkipEmptyLoader(DataLoader):
     """DataLoader that leaves out batches whose items were all unreadable (collated to `None`),
     so an epoch may yield fewer than `len(loader)` batches."""
@@ -751,9 +776,9 @@ def build_pretrain_loader(
     """Shuffled, drop-last loader of `cfg.batch_size // world_size` items per rank.
 
     `cfg.batch_size` is the global batch. Call `start_epoch(epoch)` before each epoch: the
-    order and every item's crop are functions of `(cfg.seed, epoch)`, and the masks of the
-    collator's `set_epoch`, so batches do not depend on the number of workers or on where
-    an epoch was resumed. Workers are re-forked each epoch (not persistent) so that they
+    order and every item's crop are functions of `(cfg.seed, epoch)`, and the masks (and,
+    with `cfg.hflip`, the flips: `HorizontalFlips`) of the collator's `set_epoch`, so
+    batches do not depend on the number of workers or on where an epoch was resumed. Workers are re-forked each epoch (not persistent) so that they
     see the epoch set on the collator just before. `None` items (unreadable images) are
     dropped before `collator` (`loader.collate_fn.num_dropped` counts them); a batch left
     empty is skipped.
@@ -777,6 +802,8 @@ def build_pretrain_loader(
             f"process(es); lower batch_size or use more images (pretrain_subset="
             f"{cfg.pretrain_subset})"
         )
+    if cfg.hflip:
+        collator = HorizontalFlips(collator, cfg.seed)
     loader = SkipEmptyLoader(
         SeededItems(dataset, cfg.seed),
         batch_size=per_rank,

@@ -32,6 +32,7 @@ from jepa.data import (
     read_idx,
     source_files,
 )
+from jepa.masks import build_collator
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 
@@ -429,6 +430,46 @@ def test_pretrain_crops_depend_only_on_seed_epoch_index():
     state = torch.get_rng_state()
     loader.dataset[(0, 0)]
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG stream is left alone
+
+
+def masked_epoch(cfg, dataset, epoch, **loader_kw):
+    """One epoch of the pretraining loader with the config's mask collator: its images and
+    indices, and each batch's masks."""
+    pretrain = build_pretrain_loader(cfg, dataset, build_collator(cfg), **loader_kw)
+    pretrain.start_epoch(epoch)
+    batches = list(pretrain.loader)
+    images = torch.cat([b.images for b in batches])
+    return (
+        images,
+        torch.cat([b.indices for b in batches]),
+        [b.masks_enc + b.masks_pred for b in batches],
+    )
+
+
+def test_flips_mirror_about_half_the_images_as_a_function_of_seed_epoch_and_index():
+    cfg = fmnist_cfg(None, batch_size=8, seed=2, crop_scale=(1.0, 1.0), pretrain_subset=None)
+    dataset = tiny_dataset(cfg, n=64)
+    plain, indices, masks = masked_epoch(cfg, dataset, 0)
+    flipped, same_indices, same_masks = masked_epoch(cfg.replace(hflip=True), dataset, 0)
+    assert torch.equal(indices, same_indices)
+    for batch, same in zip(masks, same_masks, strict=True):  # the masks do not change
+        assert all(torch.equal(a, b) for a, b in zip(batch, same, strict=True))
+    pairs = list(zip(flipped, plain, strict=True))
+    mirrored = torch.tensor([torch.equal(f, p.flip(-1)) for f, p in pairs])
+    assert all(torch.equal(f, p) for (f, p), m in zip(pairs, mirrored, strict=True) if not m)
+    assert 16 <= int(mirrored.sum()) <= 48
+    # Two workers: each index keeps its flip.
+    workers, worker_indices, _ = masked_epoch(cfg.replace(hflip=True, num_workers=2), dataset, 0)
+    assert torch.equal(workers, flipped) and torch.equal(worker_indices, indices)
+    # Another epoch flips another set of images.
+    later, later_indices, _ = masked_epoch(cfg.replace(hflip=True), dataset, 1)
+    plain_later, _, _ = masked_epoch(cfg, dataset, 1)
+    mirrored_later = {
+        int(i)
+        for i, f, p in zip(later_indices, later, plain_later, strict=True)
+        if not torch.equal(f, p)
+    }
+    assert mirrored_later != {int(i) for i in indices[mirrored]}
 
 
 def test_the_default_data_path_never_imports_torchvision(tiny_fmnist) -> None:
