@@ -778,8 +778,9 @@ def build_pretrain_loader(
     `cfg.batch_size` is the global batch. Call `start_epoch(epoch)` before each epoch: the
     order and every item's crop are functions of `(cfg.seed, epoch)`, and the masks (and,
     with `cfg.hflip`, the flips: `HorizontalFlips`) of the collator's `set_epoch`, so
-    batches do not depend on the number of workers or on where an epoch was resumed. Workers are re-forked each epoch (not persistent) so that they
-    see the epoch set on the collator just before. `None` items (unreadable images) are
+    batches do not depend on the number of workers or on where an epoch was resumed.
+    Workers are re-forked each epoch (not persistent) so that they see the epoch set on
+    the collator just before. `None` items (unreadable images) are
     dropped before `collator` (`loader.collate_fn.num_dropped` counts them); a batch left
     empty is skipped.
     """
