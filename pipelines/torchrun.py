@@ -15,12 +15,21 @@ A worker that fails has already said why (a stage main prints one `error:` line,
 `ChildFailedError`, which says nothing more and buries the line that matters. The launcher
 runs in this process, so the workers' parent-death signal (`jepa.distributed`) still
 ties them to it. The exit status is the failed worker's (128 + N for signal N).
+
+torchrun makes a `torchelastic_*` folder in the temporary directory for every launch and
+leaves it there; with nothing redirected it holds only empty per-attempt folders. Unless
+a log folder or redirection was asked for (`--log-dir`, `--redirects`, `--tee` or their
+`PET_*` variables), the launcher gives torchrun a folder of its own and removes it when
+the launch ends, so repeated `dvc repro` runs and test sessions leave nothing behind.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 
 from torch.distributed import run as torchrun
@@ -73,7 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    args = torchrun.parse_args(options)
+    args = torchrun.parse_args(options)  # PET_* variables already read into the defaults
+    if args.log_dir is not None or args.redirects != "0" or args.tee != "0":
+        return launch(args)
+    args.log_dir = tempfile.mkdtemp(prefix="torchelastic_")
+    try:
+        return launch(args)
+    finally:
+        shutil.rmtree(args.log_dir)
+
+
+def launch(args: argparse.Namespace) -> int:
+    """torchrun with the parsed `args`; the exit status, a failed worker in one line."""
     try:
         torchrun.run(args)
     except ChildFailedError as err:

@@ -101,6 +101,32 @@ def start(cmd: list[str], log: Path, cwd: Path = ROOT, env: dict | None = None) 
         )  # fmt: skip
 
 
+def test_a_launch_leaves_no_log_folder_behind_unless_asked_for_one(tmp_path: Path) -> None:
+    """torchrun alone leaves a `torchelastic_*` folder in the temporary directory per launch;
+    the pipeline's launcher removes the one it makes, after success and after a failure,
+    and keeps a log folder the command line asked for."""
+    script = tmp_path / "worker.py"
+    script.write_text("import sys\nsys.exit(int(sys.argv[1]))\n")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**launcher_env(), "TMPDIR": str(scratch)}
+    launch = [sys.executable, "-m", "pipelines.torchrun", "--standalone", "--nproc_per_node", "1"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*launch, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+
+    done = run(str(script), "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed = run(str(script), "3")
+    assert failed.returncode == 3 and "rank 0 exited with 3" in failed.stderr, failed.stderr
+    assert not list(scratch.glob("torchelastic_*"))
+    kept = run("--log-dir", str(tmp_path / "logs"), str(script), "0")
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert list((tmp_path / "logs").iterdir())  # torchrun's run folder, left for the user
+
+
 def finish(proc: subprocess.Popen, log: Path) -> str:
     """Wait for `proc` (killing its session on a timeout); return its log, checked for rc 0."""
     try:
