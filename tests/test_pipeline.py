@@ -20,7 +20,7 @@ import yaml
 from project_files import copy_pipeline
 
 from jepa.compare import PROBE_KEYS, TRAINING_KEYS
-from jepa.config import CONF_DIR, JEPAConfig
+from jepa.config import CONF_DIR, LATER_TRAINING_FIELDS, JEPAConfig
 from jepa.live import LiveLogger
 from jepa.storage import StorageError, run_dvc
 
@@ -46,10 +46,12 @@ def stage_paths(stage: dict) -> set[str]:
 
 
 def test_pretrain_tracks_every_training_field() -> None:
-    """A parameter left out would let an experiment reuse another config's encoder."""
+    """A parameter left out would let an experiment reuse another config's encoder. The
+    fields that the hash leaves out at their earlier value (`LATER_TRAINING_FIELDS`) count
+    too: `dvc exp run -S hflip=false` must retrain."""
     params = set(dvc_yaml()["stages"]["pretrain"]["params"])
-    missing = set(JEPAConfig().training_fields()) | {"max_steps", "nproc", "nnodes"}
-    assert missing - params == set()
+    training = set(JEPAConfig().training_fields()) | set(LATER_TRAINING_FIELDS)
+    assert (training | {"max_steps", "nproc", "nnodes"}) - params == set()
 
 
 def test_stage_params_exist_and_every_stage_depends_on_the_library() -> None:
