@@ -102,6 +102,9 @@ class JEPAConfig:
     # Pretraining images mirrored left to right, each with probability 1/2 (a function of
     # seed, epoch and index: jepa.data.HorizontalFlips); the official configs have none.
     hflip: bool = False
+    # Pretraining images moved by up to `shift` pixels along each axis (edges repeated), a
+    # function of seed, epoch and index (jepa.data.RandomShifts); the official code has none.
+    shift: int = 0
     num_workers: int = 4
 
     # ---- encoder --------------------------------------------------------------
@@ -360,6 +363,7 @@ class JEPAConfig:
             "drop_path_rate",
             "vc_weight",
             "sigreg_weight",
+            "shift",
         )
         for name in nonnegative:
             if getattr(self, name) < 0:
@@ -526,6 +530,7 @@ LATER_TRAINING_FIELDS: dict[str, Any] = {
     "fixed_token_counts": False,
     "target_amp": "same",
     "hflip": False,
+    "shift": 0,
 }
 _NEVER = object()
 

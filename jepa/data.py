@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 
@@ -657,6 +658,10 @@ class HorizontalFlips:
     def __init__(self, collator: Callable[[list], Any], seed: int) -> None:
         self.collator, self.seed = collator, seed
 
+    @property
+    def epoch(self) -> int:
+        return self.collator.epoch
+
     def set_epoch(self, epoch: int) -> None:
         self.collator.set_epoch(epoch)
 
@@ -665,6 +670,45 @@ class HorizontalFlips:
         u = hash_uniform(self.seed, self.collator.epoch, batch.indices.numpy(), FLIP_STREAM)
         flip = torch.from_numpy(u < 0.5).view(-1, 1, 1, 1)
         return batch._replace(images=torch.where(flip, batch.images.flip(-1), batch.images))
+
+
+SHIFT_STREAMS = (0x5EEE, 0x5EEF)  # the shifts' keys (rows, columns), apart from the flips'
+
+
+class RandomShifts:
+    """A pretraining collator (`jepa.masks`) whose images come out moved by up to `shift`
+    pixels along each axis, the edge pixels repeated into what is uncovered. Each image's
+    offsets are uniform integers in [-shift, shift], pure functions of `(seed, epoch,
+    index)` on streams of their own, so like flips they do not depend on workers, ranks or
+    where an epoch resumed. The masks index the patches of the moved image.
+    """
+
+    def __init__(self, collator: Callable[[list], Any], seed: int, shift: int) -> None:
+        self.collator, self.seed, self.shift = collator, seed, shift
+
+    @property
+    def epoch(self) -> int:
+        return self.collator.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.collator.set_epoch(epoch)
+
+    def __call__(self, samples: list) -> Any:
+        batch = self.collator(samples)
+        images, s = batch.images, self.shift
+        n, _, height, width = images.shape
+        keys = self.seed, self.collator.epoch, batch.indices.numpy()
+        dy, dx = (
+            torch.from_numpy(np.floor(hash_uniform(*keys, stream) * (2 * s + 1)).astype(np.int64))
+            - s
+            for stream in SHIFT_STREAMS
+        )
+        padded = F.pad(images, (s, s, s, s), mode="replicate")
+        # Output pixel (r, c) of image i reads padded pixel (r + s - dy_i, c + s - dx_i).
+        rows = torch.arange(height) + s - dy.view(-1, 1)  # (n, height)
+        cols = torch.arange(width) + s - dx.view(-1, 1)  # (n, width)
+        moved = padded[torch.arange(n).view(-1, 1, 1), :, rows[:, :, None], cols[:, None, :]]
+        return batch._replace(images=moved.permute(0, 3, 1, 2).contiguous())
 
 
 class SkipEmptyLoader(DataLoader):
@@ -805,6 +849,8 @@ def build_pretrain_loader(
         )
     if cfg.hflip:
         collator = HorizontalFlips(collator, cfg.seed)
+    if cfg.shift:
+        collator = RandomShifts(collator, cfg.seed, cfg.shift)
     loader = SkipEmptyLoader(
         SeededItems(dataset, cfg.seed),
         batch_size=per_rank,

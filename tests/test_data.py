@@ -472,6 +472,41 @@ def test_flips_mirror_about_half_the_images_as_a_function_of_seed_epoch_and_inde
     assert mirrored_later != {int(i) for i in indices[mirrored]}
 
 
+def test_shifts_move_each_image_by_at_most_shift_pixels_as_a_function_of_seed_epoch_and_index():
+    cfg = fmnist_cfg(None, batch_size=8, seed=2, crop_scale=(1.0, 1.0), pretrain_subset=None)
+    dataset = tiny_dataset(cfg, n=64)
+    plain, indices, masks = masked_epoch(cfg, dataset, 0)
+    moved, same_indices, same_masks = masked_epoch(cfg.replace(shift=2), dataset, 0)
+    assert torch.equal(indices, same_indices) and moved.shape == plain.shape
+    for batch, same in zip(masks, same_masks, strict=True):  # the masks do not change
+        assert all(torch.equal(a, b) for a, b in zip(batch, same, strict=True))
+
+    def offsets(image: torch.Tensor, original: torch.Tensor) -> set[tuple[int, int]]:
+        """Every (dy, dx) in [-2, 2]^2 that moves `original` (edges repeated) onto `image`."""
+        padded = torch.nn.functional.pad(original[None], (2, 2, 2, 2), mode="replicate")[0]
+        return {
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(image, padded[:, 2 - dy : 30 - dy, 2 - dx : 30 - dx])
+        }
+
+    found = [offsets(m, p) for m, p in zip(moved, plain, strict=True)]
+    assert all(found)  # each image is its original moved by at most 2 pixels each way
+    assert sum((0, 0) in f for f in found) <= 16  # about 1 in 25 stays put
+    assert len({next(iter(f)) for f in found if len(f) == 1}) >= 15  # of the 25 offsets
+    # Two workers: each index keeps its offsets; another epoch draws others.
+    workers, _, _ = masked_epoch(cfg.replace(shift=2, num_workers=2), dataset, 0)
+    assert torch.equal(workers, moved)
+    later, later_indices, _ = masked_epoch(cfg.replace(shift=2), dataset, 1)
+    assert not torch.equal(later[torch.argsort(later_indices)], moved[torch.argsort(indices)])
+    # With flips, each image is its mirror or itself, then moved.
+    both, _, _ = masked_epoch(cfg.replace(shift=2, hflip=True), dataset, 0)
+    assert all(offsets(b, p) or offsets(b, p.flip(-1)) for b, p in zip(both, plain, strict=True))
+    with pytest.raises(ConfigError, match="shift must be >= 0"):
+        cfg.replace(shift=-1).validate()
+
+
 def test_the_default_data_path_never_imports_torchvision(tiny_fmnist) -> None:
     """Fashion-MNIST at the model's size takes the transforms' shortcut, so a pretraining,
     extraction or baseline process never pays torchvision's import (about 2 s)."""
