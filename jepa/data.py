@@ -644,15 +644,12 @@ class DropNoneCollate:
         return self.collate_fn(kept) if kept else None
 
 
-FLIP_STREAM = 0x5EED  # the flips' key, apart from every stream of the masks
-
-
-class HorizontalFlips:
-    """A pretraining collator (`jepa.masks`) whose images come out mirrored left to right,
-    each with probability 1/2 as a pure function of `(seed, epoch, index)`
-    (`jepa.masks.hash_uniform`): like masks and crops, flips do not depend on the number
-    of workers or ranks, or on where an epoch was resumed. The masks index the patches of
-    the image as flipped, so context and targets come from the same view.
+class ImageAugmentation:
+    """A pretraining collator (`jepa.masks`) whose batch images pass through `augment`, with
+    keys `(seed, epoch, indices)`: augmentations drawn from `jepa.masks.hash_uniform` on
+    those keys are, like the masks and crops, pure functions of the sample, so they do not
+    depend on the number of workers or ranks, or on where an epoch was resumed. The masks
+    index the patches of the augmented image, so context and targets come from one view.
     """
 
     def __init__(self, collator: Callable[[list], Any], seed: int) -> None:
@@ -667,37 +664,39 @@ class HorizontalFlips:
 
     def __call__(self, samples: list) -> Any:
         batch = self.collator(samples)
-        u = hash_uniform(self.seed, self.collator.epoch, batch.indices.numpy(), FLIP_STREAM)
-        flip = torch.from_numpy(u < 0.5).view(-1, 1, 1, 1)
-        return batch._replace(images=torch.where(flip, batch.images.flip(-1), batch.images))
+        keys = self.seed, self.collator.epoch, batch.indices.numpy()
+        return batch._replace(images=self.augment(batch.images, keys))
+
+    def augment(self, images: torch.Tensor, keys: tuple) -> torch.Tensor:
+        raise NotImplementedError
+
+
+FLIP_STREAM = 0x5EED  # the flips' key, apart from every stream of the masks
+
+
+class HorizontalFlips(ImageAugmentation):
+    """Each image mirrored left to right with probability 1/2."""
+
+    def augment(self, images: torch.Tensor, keys: tuple) -> torch.Tensor:
+        flip = torch.from_numpy(hash_uniform(*keys, FLIP_STREAM) < 0.5).view(-1, 1, 1, 1)
+        return torch.where(flip, images.flip(-1), images)
 
 
 SHIFT_STREAMS = (0x5EEE, 0x5EEF)  # the shifts' keys (rows, columns), apart from the flips'
 
 
-class RandomShifts:
-    """A pretraining collator (`jepa.masks`) whose images come out moved by up to `shift`
-    pixels along each axis, the edge pixels repeated into what is uncovered. Each image's
-    offsets are uniform integers in [-shift, shift], pure functions of `(seed, epoch,
-    index)` on streams of their own, so like flips they do not depend on workers, ranks or
-    where an epoch resumed. The masks index the patches of the moved image.
-    """
+class RandomShifts(ImageAugmentation):
+    """Each image moved by up to `shift` pixels along each axis, the edge pixels repeated
+    into what is uncovered; the offsets are uniform integers in [-shift, shift], each axis
+    on a stream of its own."""
 
     def __init__(self, collator: Callable[[list], Any], seed: int, shift: int) -> None:
-        self.collator, self.seed, self.shift = collator, seed, shift
+        super().__init__(collator, seed)
+        self.shift = shift
 
-    @property
-    def epoch(self) -> int:
-        return self.collator.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.collator.set_epoch(epoch)
-
-    def __call__(self, samples: list) -> Any:
-        batch = self.collator(samples)
-        images, s = batch.images, self.shift
+    def augment(self, images: torch.Tensor, keys: tuple) -> torch.Tensor:
+        s = self.shift
         n, _, height, width = images.shape
-        keys = self.seed, self.collator.epoch, batch.indices.numpy()
         dy, dx = (
             torch.from_numpy(np.floor(hash_uniform(*keys, stream) * (2 * s + 1)).astype(np.int64))
             - s
@@ -708,7 +707,7 @@ class RandomShifts:
         rows = torch.arange(height) + s - dy.view(-1, 1)  # (n, height)
         cols = torch.arange(width) + s - dx.view(-1, 1)  # (n, width)
         moved = padded[torch.arange(n).view(-1, 1, 1), :, rows[:, :, None], cols[:, None, :]]
-        return batch._replace(images=moved.permute(0, 3, 1, 2).contiguous())
+        return moved.permute(0, 3, 1, 2).contiguous()
 
 
 class SkipEmptyLoader(DataLoader):
