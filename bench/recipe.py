@@ -9,9 +9,10 @@ exported target encoder: the linear probe fit on the whole training split, its C
 a stratified held-out 10% of it (`val_top1`, what recipes are chosen by), the test split
 scored once (`top1`, reported beside), and kNN top-1. The training FLOPs per image come
 from torch's flop counter (`bench/train_step.py`), averaged over 8 steps' mask draws, so
-arms can be compared at equal compute. One JSON line per run is appended to `--out`
-(default `bench/results/recipes.jsonl`), and the table of every run recorded there is
-printed.
+arms can be compared at equal compute; the machine's fp32 matmul rate is measured before
+and after each run's pretraining, since wall times mean little without it. One JSON line
+per run is appended to `--out` (default `bench/results/recipes.jsonl`), and the table of
+every run recorded there is printed.
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ FLOP_SAMPLES = 8  # steps whose masks the FLOPs per image are averaged over
 
 def run_arm(cfg: JEPAConfig, work: Path) -> dict:
     """Pretrain `cfg` in `work`, probe its encoder; the figures of one arm."""
-    from bench.train_step import step_flops
+    from bench.train_step import matmul_tflops, step_flops
 
     cfg = cfg.replace(output_dir=str(work / "run"), progress=False, checkpoint_every=10**9)
     flops = step_flops(cfg, torch.device("cpu"), samples=FLOP_SAMPLES) / cfg.batch_size
+    # Wall times are only comparable beside the machine's speed, which drifts (CPU steal).
+    tflops_before = matmul_tflops(torch.device("cpu"), torch.float32)
     summary = pretrain(cfg)
+    tflops_after = matmul_tflops(torch.device("cpu"), torch.float32)
     start = time.perf_counter()
     extract(cfg, work / "run" / "encoder", work / "features", kind="pretrained")
     metrics = probe(cfg, work / "features")
@@ -54,18 +58,24 @@ def run_arm(cfg: JEPAConfig, work: Path) -> dict:
         "top1": round(metrics["top1"], 4),
         "knn_top1": round(metrics["knn_top1"], 4),
         "eval_s": round(time.perf_counter() - start, 1),
+        "fp32_tflops": [round(tflops_before, 3), round(tflops_after, 3)],
     }
 
 
 def print_table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    print("| arm | seed | steps | TFLOP | train s | val top-1 | test top-1 | kNN | monitor kNN |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| arm | seed | steps | TFLOP | train s | fp32 TFLOP/s | val top-1 | test top-1 | kNN "
+        "| monitor kNN |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
+        # Rows written before the matmul rate was recorded have none.
+        rate = "–".join(f"{t:.3f}" for t in r.get("fp32_tflops", [])) or "?"
         print(
             f"| {r['name']} | {r['seed']} | {r['steps']} | {r['train_tflop']} | {r['train_s']} "
-            f"| {100 * r['val_top1']:.1f} | {100 * r['top1']:.1f} | {100 * r['knn_top1']:.1f} "
-            f"| {100 * (r['monitor_knn_top1'] or 0):.1f} |"
+            f"| {rate} | {100 * r['val_top1']:.1f} | {100 * r['top1']:.1f} "
+            f"| {100 * r['knn_top1']:.1f} | {100 * (r['monitor_knn_top1'] or 0):.1f} |"
         )
 
 
@@ -102,7 +112,7 @@ def main() -> None:
         row = {"name": args.name, "seed": seed, "overrides": overrides, **figures}
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)  # a long sweep shows each run as it ends
     print_table(args.out)
 
 
