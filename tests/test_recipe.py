@@ -40,3 +40,41 @@ def test_recipe_row_carries_the_matmul_rate_beside_its_wall_time(tiny_fmnist, tm
     assert any(line.startswith("| old | 0 |") and "| ? |" in line for line in table)
     rate = f"| {before:.3f}–{after:.3f} |"
     assert any(line.startswith("| tiny | 0 |") and rate in line for line in table)
+
+
+def recipe_row(name: str, steps: int, top1: float, **extra) -> dict:
+    return {"name": name, "seed": 0, "steps": steps, "train_s": steps / 10.0,
+            "val_top1": top1 + 0.01, "top1": top1, "knn_top1": top1 - 0.05, **extra}  # fmt: skip
+
+
+def test_frontier_draws_recipe_rows_against_the_baselines(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    rows = [recipe_row("a", 1000, 0.80, fp32_tflops=[0.1, 0.2]), recipe_row("a", 2000, 0.83),
+            recipe_row("b", 1500, 0.81)]  # fmt: skip
+    runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({"pixels": {"top1": 0.84}, "random": {"top1": 0.79}}))
+    out = tmp_path / "frontier.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.frontier", "--runs", str(runs), "--baselines",
+         str(baselines), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    table = done.stdout.splitlines()
+    assert "| a | 0 | 1000 | 1.7 | 0.100–0.200 | 81.00 | 80.00 |" in table
+    assert "| b | 0 | 1500 | 2.5 | ? | 82.00 | 81.00 |" in table
+
+
+def test_frontier_names_the_row_it_cannot_read(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text(json.dumps(recipe_row("a", 1000, 0.8)) + "\n" + '{"name": "b"}\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.frontier", "--runs", str(runs), "--out",
+         str(tmp_path / "f.png")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert f"{runs}:2 lacks ['steps', 'top1', 'train_s', 'val_top1']" in done.stderr
+    assert not (tmp_path / "f.png").exists()

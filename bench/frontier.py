@@ -1,0 +1,124 @@
+"""The frontier: probe top-1 against pretraining length, drawn from `bench.recipe` rows.
+
+    python -m bench.frontier --runs bench/results/recipes.jsonl \
+        --baselines metrics/baselines.json --out frontier.png
+
+`--runs` holds `bench.recipe` rows (one JSON object a line); every row is a point, and
+rows that share a name and differ in steps are one recipe's line. The x axis is optimizer
+steps, which do not depend on the machine; each point is labelled with its training
+minutes and, where the row has it, the machine's fp32 matmul rate, since minutes only
+compare at one rate. `--baselines` is the pipeline's `metrics/baselines.json` (the probe on
+raw pixels and on a random encoder, test top-1): each is a horizontal line, and the
+issue's targets (pixels + 2, random + 10) are dotted lines above them. Prints the points
+as a table too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from jepa.io import atomic_output
+
+TARGETS = {"pixels": 2.0, "random": 10.0}  # points above each baseline's test top-1
+
+
+def read_rows(path: Path) -> list[dict]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number} is not a JSON row of bench.recipe: {err}") from err
+        missing = {"name", "steps", "train_s", "val_top1", "top1"} - row.keys()
+        if missing:
+            raise ValueError(
+                f"{path}:{number} lacks {sorted(missing)}: rows come from `python -m bench.recipe`"
+            )
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} has no rows; run `python -m bench.recipe` to add some")
+    return rows
+
+
+def minutes_label(row: dict) -> str:
+    label = f"{row['train_s'] / 60:.0f} min"
+    if row.get("fp32_tflops"):
+        label += f" @ {min(row['fp32_tflops']):.2f}–{max(row['fp32_tflops']):.2f}"
+    return label
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| recipe | seed | steps | training min | fp32 TFLOP/s | val top-1 | test top-1 |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["name"], r["steps"])):
+        rate = "–".join(f"{t:.3f}" for t in r.get("fp32_tflops", [])) or "?"
+        lines.append(
+            f"| {r['name']} | {r.get('seed', '?')} | {r['steps']} | {r['train_s'] / 60:.1f} "
+            f"| {rate} | {100 * r['val_top1']:.2f} | {100 * r['top1']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def draw(rows: list[dict], baselines: dict | None, out: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    recipes: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        recipes[row["name"]].append(row)
+    for name, points in recipes.items():
+        points.sort(key=lambda r: r["steps"])
+        steps = [r["steps"] for r in points]
+        (line,) = ax.plot(steps, [100 * r["top1"] for r in points], "o-", label=f"{name}: test")
+        ax.plot(steps, [100 * r["val_top1"] for r in points], "s--", color=line.get_color(),
+                alpha=0.6, label=f"{name}: validation (chosen by)")  # fmt: skip
+        for r in points:
+            ax.annotate(minutes_label(r), (r["steps"], 100 * r["top1"]), fontsize=7,
+                        xytext=(4, -12), textcoords="offset points")  # fmt: skip
+    for kind, margin in TARGETS.items():
+        if baselines is None or kind not in baselines:
+            continue
+        top1 = 100 * baselines[kind]["top1"]
+        line = ax.axhline(top1, color="grey" if kind == "pixels" else "black", lw=1)
+        ax.text(ax.get_xlim()[0], top1, f" {kind} {top1:.2f}", va="bottom", fontsize=8)
+        ax.axhline(top1 + margin, color=line.get_color(), lw=1, ls=":")
+        ax.text(ax.get_xlim()[0], top1 + margin, f" {kind} + {margin:g} (target)", va="bottom",
+                fontsize=8)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("optimizer steps (log scale); labels: training minutes @ fp32 TFLOP/s")
+    ax.set_ylabel("linear probe top-1 (%)")
+    ax.set_title("Probe accuracy against pretraining length (standard protocol)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=Path, required=True, help="bench.recipe rows (JSONL)")
+    parser.add_argument("--baselines", type=Path, default=None, help="metrics/baselines.json")
+    parser.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
+    args = parser.parse_args()
+    try:
+        rows = read_rows(args.runs)
+        baselines = json.loads(args.baselines.read_text()) if args.baselines else None
+    except (OSError, ValueError) as err:  # a missing or malformed input: say which, exit 2
+        parser.error(str(err))
+    draw(rows, baselines, args.out)
+    print(table(rows))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
