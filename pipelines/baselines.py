@@ -4,8 +4,9 @@
         --random eval/random.json --metrics metrics/baselines.json
 
 For each kind (`jepa.evaluate.extract(kind=...)` then `probe`), writes the full probe
-record to the path given for it, and the headline numbers of both to `--metrics`. The features go to a temporary directory and are deleted: they are
-cheap to recompute, and raw pixels would be the largest files of the pipeline.
+record to the path given for it, and the headline numbers of both to `--metrics`. The
+features go to a temporary directory and are deleted: they are cheap to recompute, and raw
+pixels would be the largest files of the pipeline.
 The stage depends on the data and architecture parameters only, never on the training
 ones, so an `lr` experiment reuses it from the run cache.
 """
