@@ -47,8 +47,9 @@ def read_rows(path: Path) -> list[dict]:
 
 def minutes_label(row: dict) -> str:
     label = f"{row['train_s'] / 60:.0f} min"
-    if row.get("fp32_tflops"):
-        label += f" @ {min(row['fp32_tflops']):.2f}–{max(row['fp32_tflops']):.2f}"
+    rates = sorted({round(t, 2) for t in row.get("fp32_tflops", [])})
+    if rates:
+        label += " @ " + "–".join(f"{t:.2f}" for t in rates)
     return label
 
 
@@ -83,16 +84,21 @@ def draw(rows: list[dict], baselines: dict | None, out: Path) -> None:
         for r in points:
             ax.annotate(minutes_label(r), (r["steps"], 100 * r["top1"]), fontsize=7,
                         xytext=(4, -12), textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    every_step = sorted({r["steps"] for r in rows})
+    ax.set_xticks(every_step, [str(n) for n in every_step], fontsize=8)
+    ax.minorticks_off()
+    at_left = ax.get_yaxis_transform()  # x in axes fractions, y in data
     for kind, margin in TARGETS.items():
         if baselines is None or kind not in baselines:
             continue
         top1 = 100 * baselines[kind]["top1"]
-        line = ax.axhline(top1, color="grey" if kind == "pixels" else "black", lw=1)
-        ax.text(ax.get_xlim()[0], top1, f" {kind} {top1:.2f}", va="bottom", fontsize=8)
-        ax.axhline(top1 + margin, color=line.get_color(), lw=1, ls=":")
-        ax.text(ax.get_xlim()[0], top1 + margin, f" {kind} + {margin:g} (target)", va="bottom",
-                fontsize=8)  # fmt: skip
-    ax.set_xscale("log", base=2)
+        colour = "grey" if kind == "pixels" else "black"
+        ax.axhline(top1, color=colour, lw=1)
+        ax.text(0.01, top1, f"{kind} {top1:.2f}", transform=at_left, va="bottom", fontsize=8)
+        ax.axhline(top1 + margin, color=colour, lw=1, ls=":")
+        ax.text(0.01, top1 + margin, f"{kind} + {margin:g} = {top1 + margin:.2f} (target)",
+                transform=at_left, va="bottom", fontsize=8)  # fmt: skip
     ax.set_xlabel("optimizer steps (log scale); labels: training minutes @ fp32 TFLOP/s")
     ax.set_ylabel("linear probe top-1 (%)")
     ax.set_title("Probe accuracy against pretraining length (standard protocol)")

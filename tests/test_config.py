@@ -46,8 +46,8 @@ def test_presets_validate(name):
 
 def test_presets_are_the_experiments_and_old_names_say_the_new_ones():
     assert preset_names() == [
-        "fmnist_cpu_30min", "fmnist_cpu_default", "fmnist_w192", "in1k_vith14_ep300",
-        "seed_vitb16",
+        "fmnist_cpu_30min", "fmnist_cpu_32ep", "fmnist_cpu_default", "fmnist_w192",
+        "in1k_vith14_ep300", "seed_vitb16",
     ]  # fmt: skip
     assert JEPAConfig.preset("seed-vitb16") == JEPAConfig.preset("seed_vitb16")  # - for _
     cfg = JEPAConfig.preset("fmnist_w192", epochs=3, model="vit_small", patch_size=4)
@@ -58,7 +58,7 @@ def test_presets_are_the_experiments_and_old_names_say_the_new_ones():
     with pytest.raises(ConfigError, match="'fmnist_cpu_default'.*'vit_w128_d4'"):
         JEPAConfig.preset("fmnist_small")
     with pytest.raises(
-        ConfigError, match="choose one of fmnist_cpu_30min, fmnist_cpu_default, fmnist_w192"
+        ConfigError, match="choose one of fmnist_cpu_30min, fmnist_cpu_32ep, fmnist_cpu_default"
     ):
         JEPAConfig.preset("fmnist")
 
