@@ -20,6 +20,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from bench.recipe import rate_text
 from jepa.io import atomic_output
 
 TARGETS = {"pixels": 2.0, "random": 10.0}  # points above each baseline's test top-1
@@ -59,10 +60,9 @@ def table(rows: list[dict]) -> str:
         "|---|---:|---:|---:|---|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (r["name"], r["steps"])):
-        rate = "–".join(f"{t:.3f}" for t in r.get("fp32_tflops", [])) or "?"
         lines.append(
             f"| {r['name']} | {r.get('seed', '?')} | {r['steps']} | {r['train_s'] / 60:.1f} "
-            f"| {rate} | {100 * r['val_top1']:.2f} | {100 * r['top1']:.2f} |"
+            f"| {rate_text(r)} | {100 * r['val_top1']:.2f} | {100 * r['top1']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -119,6 +119,10 @@ def main() -> None:
     try:
         rows = read_rows(args.runs)
         baselines = json.loads(args.baselines.read_text()) if args.baselines else None
+        for kind in TARGETS:
+            if baselines is not None and "top1" not in baselines.get(kind, {"top1": None}):
+                raise ValueError(f"{args.baselines}: {kind!r} has no 'top1'; pass the "
+                                 f"pipeline's metrics/baselines.json")  # fmt: skip
     except (OSError, ValueError) as err:  # a missing or malformed input: say which, exit 2
         parser.error(str(err))
     draw(rows, baselines, args.out)

@@ -62,6 +62,11 @@ def run_arm(cfg: JEPAConfig, work: Path) -> dict:
     }
 
 
+def rate_text(row: dict) -> str:
+    """A row's fp32 matmul rates, before–after its pretraining ("?" for rows without)."""
+    return "–".join(f"{t:.3f}" for t in row.get("fp32_tflops", [])) or "?"
+
+
 def print_table(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     print(
@@ -70,11 +75,9 @@ def print_table(path: Path) -> None:
     )
     print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
-        # Rows written before the matmul rate was recorded have none.
-        rate = "–".join(f"{t:.3f}" for t in r.get("fp32_tflops", [])) or "?"
         print(
             f"| {r['name']} | {r['seed']} | {r['steps']} | {r['train_tflop']} | {r['train_s']} "
-            f"| {rate} | {100 * r['val_top1']:.1f} | {100 * r['top1']:.1f} "
+            f"| {rate_text(r)} | {100 * r['val_top1']:.1f} | {100 * r['top1']:.1f} "
             f"| {100 * r['knn_top1']:.1f} | {100 * (r['monitor_knn_top1'] or 0):.1f} |"
         )
 
