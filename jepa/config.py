@@ -326,9 +326,13 @@ class JEPAConfig:
             ("embed_dim", "num_heads"),
             ("pred_embed_dim", "pred_num_heads"),
         ):
-            if getattr(self, whole) % getattr(self, part):
+            whole_value, part_value = getattr(self, whole), getattr(self, part)
+            if whole_value % part_value:
+                hint = ""
+                if (near := nearest_divisor(whole_value, part_value)) is not None:
+                    hint = f"; set {part} to one that divides it, e.g. {part}={near}"
                 raise ConfigError(
-                    f"{whole}={getattr(self, whole)} is not a multiple of {part}={getattr(self, part)}"
+                    f"{whole}={whole_value} is not a multiple of {part}={part_value}{hint}"
                 )
         if self.target_last_blocks > self.depth:
             raise ConfigError(
@@ -463,6 +467,12 @@ def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
         composed = compose(config_name="config", overrides=list(overrides))
     values = OmegaConf.to_container(composed, resolve=True)
     return {key: value for key, value in values.items() if key not in PIPELINE_KEYS}
+
+
+def nearest_divisor(n: int, near: int) -> int | None:
+    """The divisor of `n` above 1 closest to `near` (the smaller on a tie), or None."""
+    divisors = [d for d in range(2, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - near), d)) if divisors else None
 
 
 def load_params(path: str | Path) -> tuple[JEPAConfig, dict[str, Any]]:
