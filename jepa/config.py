@@ -329,7 +329,7 @@ class JEPAConfig:
             whole_value, part_value = getattr(self, whole), getattr(self, part)
             if whole_value % part_value:
                 hint = ""
-                if (near := nearest_divisor(whole_value, part_value)) is not None:
+                if (near := _nearest_divisor(whole_value, part_value)) is not None:
                     hint = f"; set {part} to one that divides it, e.g. {part}={near}"
                 raise ConfigError(
                     f"{whole}={whole_value} is not a multiple of {part}={part_value}{hint}"
@@ -469,7 +469,7 @@ def _compose(overrides: tuple[str, ...]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if key not in PIPELINE_KEYS}
 
 
-def nearest_divisor(n: int, near: int) -> int | None:
+def _nearest_divisor(n: int, near: int) -> int | None:
     """The divisor of `n` above 1 closest to `near` (the smaller on a tie), or None."""
     divisors = [d for d in range(2, n + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - near), d)) if divisors else None
