@@ -67,6 +67,29 @@ def test_frontier_draws_recipe_rows_against_the_baselines(tmp_path):
     assert "| b | 0 | 1500 | 2.5 | ? | 82.00 | 81.00 |" in table
 
 
+def test_frontier_puts_recipes_of_different_step_costs_on_one_time_axis(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    rows = [recipe_row("4 px", 3000, 0.86, bench_step_ms=150.0),
+            recipe_row("7 px", 6000, 0.87, bench_step_ms=75.0)]  # fmt: skip
+    runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [sys.executable, "-m", "bench.frontier", "--runs", str(runs), "--x", "bench-minutes"]
+    done = subprocess.run([*args, "--out", str(tmp_path / "f.png")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    assert "| 7 px | 0 | 6000 | 7.5 | 10.0 | ? | 88.00 | 87.00 |" in done.stdout.splitlines()
+    from bench.frontier import x_value
+
+    assert x_value(rows[0], "bench-minutes") == x_value(rows[1], "bench-minutes") == 7.5
+    # A row without its step time cannot be placed on that axis: it is named, nothing drawn.
+    runs.write_text(runs.read_text() + json.dumps(recipe_row("new", 100, 0.8)) + "\n")
+    done = subprocess.run([*args, "--out", str(tmp_path / "g.png")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode != 0
+    assert f"{runs}:3 ('new') has no 'bench_step_ms'" in done.stderr
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_frontier_names_the_row_it_cannot_read(tmp_path):
     runs = tmp_path / "runs.jsonl"
     runs.write_text(json.dumps(recipe_row("a", 1000, 0.8)) + "\n" + '{"name": "b"}\n')
