@@ -10,10 +10,10 @@ minutes and, where the row has it, the machine's fp32 matmul rate, since minutes
 compare at one rate. Recipes whose steps cost different times (e.g. two patch sizes) are
 compared with `--x bench-minutes`: steps times the row's `bench_step_ms`, one step of its
 recipe timed by `bench/train_step.py` in the same process as the other recipes' (`--vs`),
-so every point is in minutes of one machine at one moment. `--baselines` is the pipeline's `metrics/baselines.json` (the probe on
-raw pixels and on a random encoder, test top-1): each is a horizontal line, and the
-issue's targets (pixels + 2, random + 10) are dotted lines above them. Prints the points
-as a table too.
+so every point is in minutes of one machine at one moment. `--baselines` is the
+pipeline's `metrics/baselines.json` (the probe on raw pixels and on a random encoder,
+test top-1): each is a horizontal line, and the issue's targets (pixels + 2, random + 10)
+are dotted lines above them. Prints the points as a table too.
 """
 
 from __future__ import annotations
